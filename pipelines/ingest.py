@@ -148,6 +148,7 @@ def _first_of_group(group: dict) -> dict:
 def ingest(input_dir: Path, out_dir: Path, cfg: CorpusSection) -> IngestReport:
     """Read input_dir, write out_dir/docs-*.parquet + manifest.json atomically."""
     import ray
+    from ray.data.expressions import col
 
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
@@ -161,16 +162,19 @@ def ingest(input_dir: Path, out_dir: Path, cfg: CorpusSection) -> IngestReport:
         _read_batch, fn_kwargs={"text_field": cfg.text_field}, batch_size=4
     )
     rows = rows.materialize()
-    for r in rows.filter(expr="kind == 'problem'").take_all():
+    for r in rows.filter(expr=col("kind") == "problem").take_all():
         report.problems.append(f"{r['source']}: {r['message']}")
         log.warning("skipped %s: %s", r["source"], r["message"])
-    docs = rows.filter(expr="kind == 'doc'").map_batches(_normalize_batch, fn_kwargs={"cfg": cfg})
+    docs = rows.filter(expr=col("kind") == "doc").map_batches(
+        _normalize_batch, fn_kwargs={"cfg": cfg}
+    )
     docs = docs.materialize()
     report.documents_read = docs.count()
     if report.documents_read:
-        report.too_short = docs.filter(expr=f"n_chars < {cfg.min_chars}").count()
-        report.too_long = docs.filter(expr=f"n_chars > {cfg.max_chars}").count()
-        kept = docs.filter(expr=f"n_chars >= {cfg.min_chars} and n_chars <= {cfg.max_chars}")
+        n_chars = col("n_chars")
+        report.too_short = docs.filter(expr=n_chars < cfg.min_chars).count()
+        report.too_long = docs.filter(expr=n_chars > cfg.max_chars).count()
+        kept = docs.filter(expr=(n_chars >= cfg.min_chars) & (n_chars <= cfg.max_chars))
         unique = kept.groupby("doc_id").map_groups(_first_of_group).sort("doc_id")
     if not report.documents_read or unique.count() == 0:
         raise UserError(

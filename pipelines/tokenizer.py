@@ -1,12 +1,19 @@
-"""A byte-level BPE tokenizer trained on the corpus with `tokenizers`, saved in HF format."""
+"""A byte-level BPE tokenizer trained on the corpus with `tokenizers`, saved in HF format.
+
+It uses exactly Qwen2's normalizer and pre-tokenizer: transformers' AutoTokenizer loads a tokenizer
+beside a Qwen2 model as `Qwen2Tokenizer`, which rebuilds that pipeline around the saved vocab and
+merges. Training with anything else would give different token ids depending on how it is loaded
+(HF, vLLM, raw `tokenizers`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from pipelines.errors import UserError
 
@@ -16,7 +23,13 @@ EOS = "<|endoftext|>"
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: Path):
     """Train byte-level BPE (no unknown tokens: every byte is in the base alphabet) and save it."""
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -26,9 +39,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int, o
         show_progress=True,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
-    hf.save_pretrained(str(out_dir))
-    return hf
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS).save_pretrained(
+        str(out_dir)
+    )
+    return load_tokenizer(out_dir)  # the way every later step loads it
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:

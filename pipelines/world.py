@@ -26,6 +26,8 @@ from pipelines.shakespeare import write_embedded_corpus
 from pipelines.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
+# Part of the cache key: bump when the code that builds the base changes its result.
+BASE_BUILD_VERSION = 2
 
 
 @dataclass
@@ -110,7 +112,8 @@ def ensure_world(cfg: Config) -> World:
             )
         load_tokenizer(cfg.tokenizer.path or model_dir)  # fail early with a clear line
         return World(corpus_dir, model_dir, {})
-    key = cfg.fingerprint("tokenizer", "model", "pretrain") + "-" + _corpus_hash(corpus_dir)
+    key = cfg.fingerprint("tokenizer", "model", "pretrain") + f"-v{BASE_BUILD_VERSION}-"
+    key += _corpus_hash(corpus_dir)
     out = Path(cfg.run.cache_dir) / f"base-{key}"
     if (out / "base_metrics.json").is_file():
         log.info("base model: reusing cached %s", out)

@@ -36,6 +36,15 @@ def test_tokenizer_round_trips_text(tiny_world):
     assert tok.eos_token == "<|endoftext|>"
 
 
+def test_every_loader_gives_the_same_token_ids(tiny_world):
+    from tokenizers import Tokenizer
+
+    text = read_docs(tiny_world.corpus_dir, "heldout")["text"].to_pylist()[0][:4000]
+    raw = Tokenizer.from_file(str(tiny_world.model_dir / "tokenizer.json")).encode(text).ids
+    auto = AutoTokenizer.from_pretrained(str(tiny_world.model_dir))(text)["input_ids"]
+    assert raw == auto and len(raw) > 300
+
+
 def test_base_model_loads_and_beats_unigram(tiny_world, test_config):
     model = AutoModelForCausalLM.from_pretrained(str(tiny_world.model_dir))
     tok = AutoTokenizer.from_pretrained(str(tiny_world.model_dir))

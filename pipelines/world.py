@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ def _corpus_hash(corpus_dir: Path) -> str:
 
 
 def _build_base(cfg: Config, corpus_dir: Path, out: Path) -> dict:
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")  # concurrent builders never collide
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     train_texts = read_docs(corpus_dir, "train")["text"].to_pylist()
@@ -98,7 +99,11 @@ def _build_base(cfg: Config, corpus_dir: Path, out: Path) -> dict:
     }
     model.save_pretrained(str(tmp))
     base_model.save_metrics(tmp, metrics)
-    tmp.replace(out)
+    try:
+        tmp.replace(out)
+    except OSError:  # another process finished the same build first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        return json.loads((out / "base_metrics.json").read_text())
     return metrics
 
 

@@ -1,0 +1,268 @@
+"""Step 5 — train: Ray Train workers stream a stage's samples from the durable log while
+construction is still writing it, and train pi_k into pi_{k+1}.
+
+Global sample order is the log's commit order. Step s uses samples [s*W*B, (s+1)*W*B) (W workers,
+B per worker); a worker whose slot is past the end of a finished log trains on a zero-weight copy
+so that DDP's all-reduce stays in step. Each checkpoint records the step, so a restarted worker
+resumes exactly where it stopped, neither skipping nor repeating a sample. Every worker writes a
+ledger line per trained sample: the proof that every logged sample was trained on exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from pipelines.config import TrainSection
+from pipelines.sample_log import SampleLog
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class StageTrainSpec:
+    """Everything a train worker needs for one stage (plain data: it is pickled to workers)."""
+
+    stage: int
+    init_model_dir: str
+    out_model_dir: str
+    sample_log_dir: str
+    ledger_dir: str
+    seq_len: int
+    rope_theta: float
+    budget_samples: int
+    train: dict
+    threads: int = 1
+    poll_s: float = 0.5
+    checkpoint_every: int = 5
+
+
+class SampleStream:
+    """The stage's samples in commit order, waiting for construction when it is behind."""
+
+    def __init__(self, root: Path, budget: int, poll_s: float):
+        self.log, self.budget, self.poll_s = SampleLog(root), budget, poll_s
+        self.index: list[tuple[str, int]] = []  # global position -> (shard, row)
+        self.tables: dict = {}
+
+    def _refresh(self) -> bool:
+        finished = self.log.is_finished()  # read before listing: no commit can be missed
+        known = {name for name, _ in self.index}
+        for commit in self.log.commits():
+            if commit.name not in known:
+                self.index.extend((commit.name, i) for i in range(commit.rows))
+        return finished
+
+    def wait_for(self, n: int) -> int:
+        """Block until n samples exist (capped at the budget) or the log is finished."""
+        n = min(n, self.budget)
+        while True:
+            finished = self._refresh()
+            if len(self.index) >= n or finished:
+                return min(len(self.index), self.budget)
+            time.sleep(self.poll_s)
+
+    def get(self, position: int) -> dict:
+        name, row = self.index[position]
+        if name not in self.tables:
+            self.tables[name] = self.log.read(name).select(["sample_id", "input_ids"]).to_pylist()
+        return self.tables[name][row]
+
+
+class BlockedCausalLM(torch.nn.Module):
+    """Causal LM loss with lm_head + cross-entropy in blocks of `block` positions.
+
+    Each block is recomputed in backward (checkpoint), so T x V logits are never held at once:
+    at 128K tokens and a 152K vocabulary they would not fit. Wrapped whole by DDP/FSDP.
+    """
+
+    def __init__(self, model, block: int):
+        super().__init__()
+        self.model, self.block = model, block
+
+    def forward(self, input_ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        hidden = self.model.model(input_ids=input_ids).last_hidden_state[:, :-1]
+        labels = input_ids[:, 1:]
+        lm_head = self.model.lm_head
+        total = hidden.new_zeros(())
+        for start in range(0, hidden.shape[1], self.block):
+            h, y = hidden[:, start : start + self.block], labels[:, start : start + self.block]
+            per_row = checkpoint(_block_nll, h, y, lm_head.weight, use_reentrant=False)
+            total = total + (per_row * weight).sum()
+        return total / (weight.sum().clamp(min=1.0) * labels.shape[1])
+
+
+def _block_nll(h: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    logits = (h @ w.T).float()
+    nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    return nll.view(y.shape).sum(dim=1)
+
+
+def lr_factor(step: int, total: int, cfg: TrainSection) -> float:
+    warmup = int(cfg.warmup_ratio * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def load_policy(model_dir: str, rope_theta: float, seq_len: int):
+    """pi_k with its RoPE base raised for the stage's context length."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    config.rope_parameters = {**(config.rope_parameters or {}), "rope_theta": rope_theta}
+    config.max_position_embeddings = max(config.max_position_embeddings, seq_len)
+    return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
+
+
+def _wrap(module: torch.nn.Module, strategy: str) -> torch.nn.Module:
+    import ray.train.torch
+
+    if strategy == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in module.model.model.layers:
+            fully_shard(layer)
+        return fully_shard(module)
+    return ray.train.torch.prepare_model(module)
+
+
+def _ledger_truncate(path: Path, from_step: int) -> None:
+    """On resume, forget ledger lines of steps that will be redone."""
+    if path.exists():
+        keep = [x for x in path.read_text().splitlines() if json.loads(x)["step"] < from_step]
+        path.write_text("".join(x + "\n" for x in keep))
+
+
+def train_stage_worker(spec_dict: dict) -> None:
+    """The Ray Train worker loop for one stage."""
+    import ray.train
+
+    spec = StageTrainSpec(**spec_dict)
+    cfg = TrainSection(**spec.train)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.stage)
+
+    policy = load_policy(spec.init_model_dir, spec.rope_theta, spec.seq_len)
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    model = _wrap(BlockedCausalLM(policy, cfg.logit_block_tokens), cfg.strategy)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
+    per_step = world * cfg.batch_size
+    total_steps = max(1, math.ceil(spec.budget_samples / per_step))
+    start_step = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", weights_only=False)
+        policy.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_step = state["step"]
+    ledger = Path(spec.ledger_dir) / f"rank{rank}.jsonl"
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    _ledger_truncate(ledger, start_step)
+    train_log = Path(spec.ledger_dir) / "train_log.jsonl"
+    if rank == 0:
+        _ledger_truncate(train_log, start_step)
+
+    stream = SampleStream(Path(spec.sample_log_dir), spec.budget_samples, spec.poll_s)
+    step, loss_value = start_step, float("nan")
+    while step < total_steps:
+        available = stream.wait_for((step + 1) * per_step)
+        if available <= step * per_step:
+            break  # construction finished with fewer samples than the budget
+        slots = [step * per_step + rank * cfg.batch_size + j for j in range(cfg.batch_size)]
+        real = [p for p in slots if p < available]
+        rows = [stream.get(p) for p in (real or [step * per_step])]  # zero-weight stand-in
+        rows += [rows[0]] * (cfg.batch_size - len(rows))
+        weight = torch.tensor([1.0 if j < len(real) else 0.0 for j in range(cfg.batch_size)])
+        input_ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg)
+        loss = model(input_ids, weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        loss_value = loss.item()
+        now = time.time()
+        with ledger.open("a") as f:
+            for p, r in zip(real, rows, strict=False):
+                f.write(json.dumps({"step": step, "pos": p, "sample_id": r["sample_id"], "t": now}))
+                f.write("\n")
+        if rank == 0:
+            with train_log.open("a") as f:
+                lr = opt.param_groups[0]["lr"]
+                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "t": now}) + "\n")
+        step += 1
+        if step % spec.checkpoint_every == 0 or step == total_steps:
+            _report(step, loss_value, policy, opt, rank)
+
+    if rank == 0:
+        _save_hf(policy, spec)
+
+
+def _report(step: int, loss: float, policy, opt, rank: int) -> None:
+    import ray.train
+
+    metrics = {"step": step, "loss": loss}
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        state = {"model": policy.state_dict(), "optimizer": opt.state_dict(), "step": step}
+        torch.save(state, Path(d) / "state.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _save_hf(policy, spec: StageTrainSpec) -> None:
+    """pi_{k+1} in HF format with its tokenizer: what scorers, verifiers and users load."""
+    out = Path(spec.out_model_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(str(tmp))
+    for name in TOKENIZER_FILES:
+        src = Path(spec.init_model_dir) / name
+        if src.exists():
+            shutil.copy(src, tmp / name)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+
+
+def train_stage(spec: StageTrainSpec, num_workers: int, cpus_per_worker: float, gpus: float):
+    """Run one stage's TorchTrainer; rerunning with the same name resumes from its checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus} if gpus else {})
+    trainer = TorchTrainer(
+        train_stage_worker,
+        train_loop_config=asdict(spec),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=f"stage_{spec.stage}",
+            storage_path=str(Path(spec.ledger_dir).parent.resolve() / "ray_train"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=2),
+        ),
+    )
+    return trainer.fit()

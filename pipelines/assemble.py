@@ -2,8 +2,8 @@
 
 Layout (left to right), segments separated by EOS:
 
-    [filler | positive | filler | positive ... ]  early region: verified dependencies, far back
-    [filler | negative | filler | negative ... ]  late region: on-policy hard negatives (distractors)
+    [filler | positive | filler | positive ...]  early region: verified dependencies, far back
+    [filler | negative | filler | negative ...]  late region: on-policy hard negatives
     [seed document]                                last, so its tokens must reach back for evidence
 
 Positives are spread over the first `positive_region` share of the prefix, hard negatives over the

@@ -212,9 +212,10 @@ def train_stage_worker(spec_dict: dict) -> None:
                 lr = opt.param_groups[0]["lr"]
                 f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "t": now}) + "\n")
         step += 1
-        if step % spec.checkpoint_every == 0 or step == total_steps:
+        if step % spec.checkpoint_every == 0:
             _report(step, loss_value, policy, opt, rank)
-
+    if step % spec.checkpoint_every:  # the final position, so a rerun does no new work
+        _report(step, loss_value, policy, opt, rank)
     if rank == 0:
         _save_hf(policy, spec)
 

@@ -86,14 +86,22 @@ class PretrainSection:
 
 @dataclass
 class IndexSection:
-    chunk_tokens: int = field(default=128, metadata=_r(8))
+    chunk_tokens: int = field(default=128, metadata=_r(8))  # policy-tokenizer tokens per chunk
+    min_chunk_tokens: int = field(default=16, metadata=_r(1))  # shorter last chunk is dropped
+    # Which documents become retrievable chunks: held-out documents stay out of training data.
+    source_split: Literal["train", "all"] = "train"
     embedder: str = "all-MiniLM-L6-v2"  # a sentence-transformers model name or directory
     embed_batch_size: int = field(default=64, metadata=_r(1))
+    embed_actors: int = field(default=1, metadata=_r(1))  # Ray Data actor pool for the build
+    cpus_per_embedder: float = field(default=1.0, metadata=_r(0.0))
     num_shards: int = field(default=2, metadata=_r(1))
     flat_max_vectors: int = field(default=50_000, metadata=_r(1))  # above: IVF
-    ivf_nlist: int = field(default=256, metadata=_r(1))
+    ivf_nlist: int = field(default=1024, metadata=_r(1))
+    ivf_min_points_per_list: int = field(default=39, metadata=_r(1))  # caps nlist on small shards
+    ivf_train_max_vectors: int = field(default=200_000, metadata=_r(1))  # k-means sample size
     nprobe: int = field(default=16, metadata=_r(1))
     top_k: int = field(default=8, metadata=_r(1, 1024))
+    exclude_margin: int = field(default=16, metadata=_r(0))  # extra hits asked per shard
 
 
 @dataclass
@@ -107,7 +115,12 @@ class ScreenSection:
     lm_head_chunk_tokens: int = field(default=256, metadata=_r(1))  # rows of h per lm_head chunk
     max_doc_tokens: int = field(default=2048, metadata=_r(16))
     batch_docs: int = field(default=8, metadata=_r(1))
-    vllm_memory_utilization: float = field(default=0.2, metadata=_r(0.01, 1.0))
+    vllm_memory_utilization: float = field(default=0.2, metadata=_r(0.01, 1.0))  # share of RAM
+    vllm_max_model_len: int = field(default=0, metadata=_r(0))  # 0 = screen.max_doc_tokens
+    # VLLM_CPU_OMP_THREADS_BIND per scorer actor (actor i takes entry i mod n), e.g. ["0", "1"];
+    # empty = "nobind". vLLM's "auto" binds every engine on a node to the same first core.
+    vllm_omp_cpus: list[str] = field(default_factory=list)
+    vllm_enforce_eager: bool = True  # skip vLLM's torch.compile warm-up (CPU start-up time)
 
 
 @dataclass

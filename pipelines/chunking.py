@@ -1,0 +1,134 @@
+"""Retrieval chunks: each document cut into windows of `index.chunk_tokens` policy tokens.
+
+Chunks are token-exact: a document's token ids are split at fixed offsets, so the chunks' ids
+concatenate back to the document's ids (the assembler places chunks into training sequences by
+their token ids, never by re-tokenizing text). A trailing partial chunk is kept when it has at
+least `index.min_chunk_tokens` tokens. The chunk id hashes the document id, the ordinal and the
+token ids, so it is stable across runs and changes whenever the content does (another tokenizer
+or chunk size gives other ids). Each chunk goes to a shard by its id, so the assignment is
+deterministic and a client can find a chunk's shard from its id alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CHUNK_SCHEMA = pa.schema(
+    [
+        ("chunk_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("ordinal", pa.int32()),  # position of the chunk in its document
+        ("start_token", pa.int32()),  # offset of its first token in the document's token ids
+        ("n_tokens", pa.int32()),
+        ("text", pa.string()),  # decoded token ids: what is embedded
+        ("input_ids", pa.list_(pa.int32())),
+    ]
+)
+
+
+def chunk_id_of(doc_id: str, ordinal: int, token_ids: np.ndarray) -> str:
+    h = hashlib.sha256(f"{doc_id}:{ordinal}:".encode())
+    h.update(np.asarray(token_ids, dtype="<i4").tobytes())
+    return h.hexdigest()[:20]
+
+
+def shard_of(chunk_id: str, num_shards: int) -> int:
+    """Deterministic shard of a chunk, computable from the id alone."""
+    return int(chunk_id[:8], 16) % num_shards
+
+
+def split_tokens(n_tokens: int, chunk_tokens: int, min_chunk_tokens: int) -> list[tuple[int, int]]:
+    """[start, end) token spans of one document's chunks."""
+    spans = [(s, min(s + chunk_tokens, n_tokens)) for s in range(0, n_tokens, chunk_tokens)]
+    if spans and spans[-1][1] - spans[-1][0] < min(min_chunk_tokens, chunk_tokens):
+        spans.pop()
+    return spans
+
+
+def tokenize_documents(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids exactly as the policy sees the document (no special tokens added)."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def chunk_documents(
+    doc_ids: list[str],
+    texts: list[str],
+    tokenizer,
+    chunk_tokens: int,
+    min_chunk_tokens: int,
+) -> pa.Table:
+    """Chunk rows (CHUNK_SCHEMA) of the given documents, in document order then ordinal."""
+    cols: dict[str, list] = {name: [] for name in CHUNK_SCHEMA.names}
+    for doc_id, ids in zip(doc_ids, tokenize_documents(tokenizer, texts), strict=True):
+        ids = np.asarray(ids, dtype=np.int32)
+        for ordinal, (start, end) in enumerate(
+            split_tokens(len(ids), chunk_tokens, min_chunk_tokens)
+        ):
+            piece = ids[start:end]
+            cols["chunk_id"].append(chunk_id_of(doc_id, ordinal, piece))
+            cols["doc_id"].append(doc_id)
+            cols["ordinal"].append(ordinal)
+            cols["start_token"].append(start)
+            cols["n_tokens"].append(end - start)
+            cols["text"].append(tokenizer.decode(piece.tolist()))
+            cols["input_ids"].append(piece)
+    return pa.table(cols, schema=CHUNK_SCHEMA)
+
+
+class ChunkBatch:
+    """Ray Data callable: loads the tokenizer once per worker, chunks batches of documents."""
+
+    def __init__(self, tokenizer_dir: str, chunk_tokens: int, min_chunk_tokens: int):
+        from pipelines.tokenizer import load_tokenizer
+
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.chunk_tokens = chunk_tokens
+        self.min_chunk_tokens = min_chunk_tokens
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return chunk_documents(
+            batch["doc_id"].to_pylist(),
+            batch["text"].to_pylist(),
+            self.tokenizer,
+            self.chunk_tokens,
+            self.min_chunk_tokens,
+        )
+
+
+def chunk_corpus(
+    docs: pa.Table,
+    tokenizer_dir: str | Path,
+    chunk_tokens: int,
+    min_chunk_tokens: int,
+    batch_docs: int = 64,
+    workers: int = 1,
+) -> pa.Table:
+    """All chunks of `docs` (doc_id, text columns), tokenized in parallel with Ray Data.
+
+    The result is sorted by (doc_id, ordinal), so it does not depend on how work was scheduled.
+    """
+    import ray
+
+    chunks = ray.data.from_arrow(docs.select(["doc_id", "text"])).map_batches(
+        ChunkBatch,
+        fn_constructor_args=(str(tokenizer_dir), chunk_tokens, min_chunk_tokens),
+        batch_format="pyarrow",
+        batch_size=batch_docs,
+        concurrency=workers,
+    )
+    tables = list(chunks.iter_batches(batch_format="pyarrow", batch_size=None))
+    table = pa.concat_tables(tables).cast(CHUNK_SCHEMA) if tables else CHUNK_SCHEMA.empty_table()
+    return table.sort_by([("doc_id", "ascending"), ("ordinal", "ascending")])
+
+
+def write_chunk_table(table: pa.Table, path: Path) -> None:
+    pq.write_table(table.cast(CHUNK_SCHEMA), path)
+
+
+def read_chunk_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(path, columns=columns, schema=CHUNK_SCHEMA)

@@ -61,6 +61,14 @@ def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
 COMMANDS = {
     "ingest": (cmd_ingest, "ingest corpus.source into Parquet document shards"),
     "prepare-base": (cmd_prepare_base, "ingest, train the tokenizer and pretrain (or load) pi_0"),
+    "build-index": (
+        lambda c, a: __import__("pipelines.build_index").build_index.cmd_build_index(c, a),
+        "chunk, embed and index the corpus into sharded FAISS files under run_dir/index",
+    ),
+    "screen": (
+        lambda c, a: __import__("pipelines.screen").screen.cmd_screen(c, a),
+        "screen training documents with pi_0: entropy, positions, queries",
+    ),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
     "show-config": (cmd_show_config, "print the fully resolved config"),
 }

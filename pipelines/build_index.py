@@ -1,0 +1,318 @@
+"""Build the sharded, persisted retrieval index: chunk -> embed -> one FAISS index per shard.
+
+Layout of the index directory (every file listed with its sha256 in the manifest):
+
+    manifest.json              embedder, dim, shards (sizes, index types), checksums, build key
+    shard-00000.faiss          FAISS index of shard 0 (IndexFlatIP, or IVF-Flat inner product)
+    shard-00000.chunks.parquet its chunk rows (chunking.CHUNK_SCHEMA); row i = FAISS id i
+    ...
+
+The build key hashes everything the result depends on (the documents, the tokenizer files, the
+build-relevant `index.*` keys): an index whose key matches and whose checksums verify is reused,
+a different key rebuilds, and a matching key with a damaged file is a UserError (the user should
+know their index got corrupted rather than silently pay for a rebuild). Building happens in a
+temporary directory renamed into place at the end, so a failed build never damages an old index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipelines.chunking import chunk_corpus, shard_of, write_chunk_table
+from pipelines.config import Config, IndexSection
+from pipelines.errors import UserError
+from pipelines.ingest import read_docs
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+# Keys that change what is built; query-time keys (nprobe, top_k, margins) do not force a rebuild.
+BUILD_KEYS = (
+    "chunk_tokens",
+    "min_chunk_tokens",
+    "source_split",
+    "embedder",
+    "num_shards",
+    "flat_max_vectors",
+    "ivf_nlist",
+    "ivf_min_points_per_list",
+    "ivf_train_max_vectors",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
+
+
+@dataclass
+class IndexBuild:
+    index_dir: Path
+    manifest: dict
+    reused: bool
+
+
+def rebuild_hint(index_dir: Path) -> str:
+    return f"delete '{index_dir}' and run `policylong build-index` to rebuild it"
+
+
+def shard_files(shard: int) -> tuple[str, str]:
+    return f"shard-{shard:05d}.faiss", f"shard-{shard:05d}.chunks.parquet"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def embedder_threads(cfg: IndexSection) -> int:
+    """Torch threads of an embedder actor: its CPU share, at least one."""
+    return max(1, int(round(cfg.cpus_per_embedder)))
+
+
+def build_config(cfg: IndexSection) -> dict:
+    return {k: getattr(cfg, k) for k in BUILD_KEYS}
+
+
+def build_key(doc_ids: list[str], tokenizer_dir: Path, cfg: IndexSection) -> str:
+    h = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
+    h.update(json.dumps(build_config(cfg), sort_keys=True).encode())
+    h.update("\n".join(doc_ids).encode())  # doc ids are content hashes of the documents
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).is_file():
+            h.update(name.encode() + sha256_file(Path(tokenizer_dir) / name).encode())
+    return h.hexdigest()[:16]
+
+
+def read_manifest(index_dir: Path) -> dict:
+    path = Path(index_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"no index manifest at '{path}': {rebuild_hint(index_dir)}")
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["shards"], manifest["files"]  # noqa: B018 - the keys every reader needs
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(
+            f"index manifest '{path}' is unreadable: {rebuild_hint(index_dir)}"
+        ) from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"index '{index_dir}' has format {manifest.get('format_version')}, this code reads "
+            f"{FORMAT_VERSION}: {rebuild_hint(index_dir)}"
+        )
+    return manifest
+
+
+def verify_index(index_dir: Path) -> dict:
+    """The manifest, after checking every listed file's size and sha256; UserError if not."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    for name, meta in manifest["files"].items():
+        path = index_dir / name
+        if not path.is_file():
+            raise UserError(f"index file '{path}' is missing: {rebuild_hint(index_dir)}")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            raise UserError(
+                f"index file '{path}' is corrupt ({size} bytes, manifest says {meta['bytes']}; "
+                f"truncated or overwritten): {rebuild_hint(index_dir)}"
+            )
+        if sha256_file(path) != meta["sha256"]:
+            raise UserError(
+                f"index file '{path}' is corrupt (sha256 differs from the manifest): "
+                f"{rebuild_hint(index_dir)}"
+            )
+    return manifest
+
+
+def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
+    """Exact inner-product search for small shards, IVF-Flat (trained quantizer) above."""
+    import faiss
+
+    n, dim = vectors.shape
+    if n <= cfg.flat_max_vectors:
+        index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return index, {"index_type": "flat"}
+    nlist = max(1, min(cfg.ivf_nlist, n // cfg.ivf_min_points_per_list))
+    index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    index.cp.spherical = True  # unit-norm centroids: assignment by inner product is then fair
+    index.cp.seed = seed
+    train = vectors
+    if n > cfg.ivf_train_max_vectors:
+        rows = np.random.default_rng(seed).choice(n, cfg.ivf_train_max_vectors, replace=False)
+        train = vectors[np.sort(rows)]
+    index.train(train)
+    index.add(vectors)
+    return index, {"index_type": "ivf", "nlist": nlist}
+
+
+def embed_chunks(chunks: pa.Table, cfg: IndexSection) -> np.ndarray:
+    """(n_chunks, dim) float32 unit vectors in chunk-table row order, via a Ray Data actor pool."""
+    import ray
+
+    from actors.embedder import EmbedBatch
+
+    ds = ray.data.from_arrow(chunks.select(["chunk_id", "text"])).map_batches(
+        EmbedBatch,
+        fn_constructor_args=(cfg.embedder, cfg.embed_batch_size, embedder_threads(cfg)),
+        batch_format="pyarrow",
+        batch_size=cfg.embed_batch_size,
+        concurrency=cfg.embed_actors,
+        num_cpus=cfg.cpus_per_embedder,
+    )
+    row_of = {cid: i for i, cid in enumerate(chunks["chunk_id"].to_pylist())}
+    vectors: np.ndarray | None = None
+    with tqdm(total=chunks.num_rows, desc="embed chunks", unit="chunk") as bar:
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            emb = batch["embedding"].combine_chunks()
+            block = emb.flatten().to_numpy().reshape(len(emb), emb.type.list_size)
+            if vectors is None:
+                vectors = np.empty((chunks.num_rows, block.shape[1]), dtype=np.float32)
+            # Rows may arrive in any order: place them by chunk id.
+            vectors[[row_of[c] for c in batch["chunk_id"].to_pylist()]] = block
+            bar.update(len(block))
+    assert vectors is not None
+    return vectors
+
+
+def _write_index(tmp: Path, chunks: pa.Table, vectors: np.ndarray, cfg: IndexSection, seed: int):
+    import faiss
+
+    shard_ids = np.array([shard_of(c, cfg.num_shards) for c in chunks["chunk_id"].to_pylist()])
+    shards, files = [], {}
+    for shard in tqdm(range(cfg.num_shards), desc="build shards", unit="shard"):
+        rows = np.flatnonzero(shard_ids == shard)
+        index_name, chunks_name = shard_files(shard)
+        index, info = make_faiss_index(np.ascontiguousarray(vectors[rows]), cfg, seed + shard)
+        faiss.write_index(index, str(tmp / index_name))
+        write_chunk_table(chunks.take(pa.array(rows, type=pa.int64())), tmp / chunks_name)
+        shards.append(
+            {
+                "shard": shard,
+                "n_vectors": len(rows),
+                "index_file": index_name,
+                "chunks_file": chunks_name,
+                **info,
+            }  # fmt: skip
+        )
+        for name in (index_name, chunks_name):
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+    return shards, files
+
+
+def build_index(
+    index_dir: Path,
+    corpus_dir: Path,
+    tokenizer_dir: Path,
+    cfg: IndexSection,
+    seed: int = 0,
+) -> IndexBuild:
+    """Build (or reuse) the index of `corpus_dir` chunked with the tokenizer in `tokenizer_dir`."""
+    index_dir, tokenizer_dir = Path(index_dir), Path(tokenizer_dir)
+    docs = read_docs(corpus_dir, None if cfg.source_split == "all" else cfg.source_split)
+    key = build_key(docs["doc_id"].to_pylist(), tokenizer_dir, cfg)
+    if index_dir.exists():
+        old = read_manifest(index_dir)
+        if old.get("build_key") == key:
+            verify_index(index_dir)
+            log.info("index: reusing %s (build key %s)", index_dir, key)
+            return IndexBuild(index_dir, old, reused=True)
+        log.info(
+            "index: inputs or config changed (%s -> %s), rebuilding", old.get("build_key"), key
+        )
+    if docs.num_rows == 0:
+        raise UserError(f"corpus '{corpus_dir}' has no '{cfg.source_split}' documents to index")
+
+    start = time.perf_counter()
+    chunks = chunk_corpus(docs, tokenizer_dir, cfg.chunk_tokens, cfg.min_chunk_tokens)
+    if chunks.num_rows == 0:
+        raise UserError(
+            f"no chunks from corpus '{corpus_dir}': lower index.min_chunk_tokens "
+            f"(now {cfg.min_chunk_tokens})"
+        )
+    log.info("index: %d chunks from %d documents", chunks.num_rows, docs.num_rows)
+    vectors = embed_chunks(chunks, cfg)
+
+    tmp = index_dir.with_name(f"{index_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        shards, files = _write_index(tmp, chunks, vectors, cfg, seed)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "build_key": key,
+            "embedder": cfg.embedder,
+            "dim": int(vectors.shape[1]),
+            "metric": "inner_product",
+            "normalized": True,
+            "n_chunks": chunks.num_rows,
+            "n_docs": docs.num_rows,
+            "num_shards": cfg.num_shards,
+            "shards": shards,
+            "files": files,
+            "chunk_tables": [s["chunks_file"] for s in shards],
+            "index_config": build_config(cfg),
+            "config_fingerprint": hashlib.sha256(
+                json.dumps(build_config(cfg), sort_keys=True).encode()
+            ).hexdigest()[:12],
+            "corpus_dir": str(corpus_dir),
+            "tokenizer_dir": str(tokenizer_dir),
+            "build_s": round(time.perf_counter() - start, 2),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _swap_into_place(tmp, index_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("index: %d chunks in %d shards -> %s", chunks.num_rows, cfg.num_shards, index_dir)
+    return IndexBuild(index_dir, manifest, reused=False)
+
+
+def _swap_into_place(tmp: Path, index_dir: Path) -> None:
+    """Replace index_dir by tmp; the old index is removed only once the new one is in place."""
+    old = index_dir.with_name(f"{index_dir.name}.old-{os.getpid()}")
+    if index_dir.exists():
+        index_dir.replace(old)
+    tmp.replace(index_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def cmd_build_index(cfg: Config, args: argparse.Namespace) -> None:
+    """`policylong build-index`: chunk, embed and index the corpus under run_dir/index."""
+    from cluster.runtime import init_ray
+    from pipelines.world import ensure_world
+
+    init_ray(cfg.cluster)
+    world = ensure_world(cfg)
+    result = build_index(
+        cfg.run_dir / "index",
+        world.corpus_dir,
+        Path(cfg.tokenizer.path or world.model_dir),
+        cfg.index,
+        seed=cfg.run.seed,
+    )
+    m = result.manifest
+    summary = {
+        "index_dir": str(result.index_dir),
+        "reused": result.reused,
+        "n_chunks": m["n_chunks"],
+        "shards": [{k: s[k] for k in ("n_vectors", "index_type")} for s in m["shards"]],
+    }
+    print(json.dumps(summary))

@@ -1,0 +1,157 @@
+"""Retriever: the driver-side client of the sharded index.
+
+It verifies the index on disk, starts one RetrievalShard actor per shard and one Embedder actor,
+and answers batched queries: embed the query texts, fan the batch out to every shard at once,
+merge the shards' top lists, and drop chunks of the query's own document. Shards are asked for
+k + `index.exclude_margin` hits; a query that still has too few after exclusion (its own document
+crowds the top) is asked again with twice as many, so every query gets k hits when the index holds
+k chunks of other documents. With flat shards the merged result equals one flat index over all
+vectors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from pipelines.build_index import embedder_threads, verify_index
+from pipelines.chunking import shard_of
+from pipelines.config import Config, IndexSection
+from pipelines.errors import UserError
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    doc_id: str
+    score: float  # inner product of unit vectors = cosine similarity
+
+
+def _unwrap(e: Exception) -> Exception:
+    """A UserError raised inside an actor reaches the driver wrapped; give back the original."""
+    cause = getattr(e, "cause", None) or getattr(e, "__cause__", None)
+    return cause if isinstance(cause, UserError) else e
+
+
+class Retriever:
+    def __init__(
+        self,
+        index_dir: str | Path,
+        cfg: IndexSection,
+        cpus_per_shard: float = 0.25,
+        shard_threads: int = 1,
+        embedder=None,
+    ):
+        self.index_dir = Path(index_dir)
+        self.cfg = cfg
+        self.manifest = verify_index(self.index_dir)
+        if self.manifest["embedder"] != cfg.embedder:
+            raise UserError(
+                f"index '{self.index_dir}' was built with embedder '{self.manifest['embedder']}' "
+                f"but index.embedder is '{cfg.embedder}': rebuild with `policylong build-index`"
+            )
+        from actors.embedder import Embedder
+        from actors.retrieval_shard import RetrievalShard
+
+        self.num_shards = len(self.manifest["shards"])
+        self.shards = [
+            RetrievalShard.options(num_cpus=cpus_per_shard).remote(
+                str(self.index_dir), s, cfg.nprobe, shard_threads
+            )
+            for s in range(self.num_shards)
+        ]
+        self.sizes = self._get([a.ready.remote() for a in self.shards])
+        self._owns_embedder = embedder is None  # a shared embedder outlives this client
+        self.embedder = embedder or Embedder.options(num_cpus=cfg.cpus_per_embedder).remote(
+            cfg.embedder, cfg.embed_batch_size, embedder_threads(cfg)
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config, index_dir: str | Path | None = None) -> Retriever:
+        return cls(
+            index_dir or cfg.run_dir / "index",
+            cfg.index,
+            cfg.cluster.cpus_per_shard,
+            cfg.cluster.torch_threads_per_actor,
+        )
+
+    @staticmethod
+    def _get(refs):
+        try:
+            return ray.get(refs)
+        except ray.exceptions.RayError as e:
+            raise _unwrap(e) from None
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._get(self.embedder.embed.remote(list(texts)))
+
+    def search(
+        self, query_texts: list[str], exclude_doc_ids: list[str | None], k: int | None = None
+    ) -> list[list[Hit]]:
+        """Per query text, its top-k chunks of other documents than exclude_doc_ids[i]."""
+        return self.search_vectors(self.embed(query_texts), exclude_doc_ids, k)
+
+    def search_vectors(
+        self, vectors: np.ndarray, exclude_doc_ids: list[str | None], k: int | None = None
+    ) -> list[list[Hit]]:
+        k = k or self.cfg.top_k
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(exclude_doc_ids) != len(vectors):
+            raise ValueError(f"{len(vectors)} queries but {len(exclude_doc_ids)} exclude ids")
+        results: list[list[Hit] | None] = [None] * len(vectors)
+        pending = list(range(len(vectors)))
+        want = k + self.cfg.exclude_margin
+        while pending:
+            batch = ray.put(vectors[pending])
+            per_shard = self._get([s.search.remote(batch, want) for s in self.shards])
+            still = []
+            for j, q in enumerate(pending):
+                lists = [shard_rows[j] for shard_rows in per_shard]
+                hits, done = _merge(lists, exclude_doc_ids[q], k, want)
+                if done:
+                    results[q] = hits
+                else:
+                    still.append(q)
+            pending, want = still, want * 2
+        return results  # type: ignore[return-value]
+
+    def get_chunks(self, chunk_ids: list[str]) -> list[dict]:
+        """Chunk rows (chunk_id, doc_id, text, input_ids, ...) in the order asked."""
+        by_shard: dict[int, list[int]] = {}
+        for i, c in enumerate(chunk_ids):
+            by_shard.setdefault(shard_of(c, self.num_shards), []).append(i)
+        refs = {
+            s: self.shards[s].get_chunks.remote([chunk_ids[i] for i in idx])
+            for s, idx in by_shard.items()
+        }
+        out: list[dict | None] = [None] * len(chunk_ids)
+        for s, rows in zip(refs, self._get(list(refs.values())), strict=True):
+            for i, row in zip(by_shard[s], rows, strict=True):
+                out[i] = row
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for actor in self.shards + ([self.embedder] if self._owns_embedder else []):
+            ray.kill(actor)
+        self.shards = []
+
+
+def _merge(
+    lists: list[list[tuple[str, str, float]]], exclude: str | None, k: int, asked: int
+) -> tuple[list[Hit], bool]:
+    """Top-k of the shards' lists minus `exclude`'s chunks, and whether it is provably final.
+
+    Final when every shard either returned fewer than asked (nothing more there) or its worst
+    returned score is no better than the k-th merged hit (nothing it holds back can enter).
+    """
+    merged = sorted(
+        (Hit(c, d, s) for rows in lists for c, d, s in rows if d != exclude),
+        key=lambda h: (-h.score, h.chunk_id),
+    )[:k]
+    if len(merged) < k:
+        return merged, all(len(rows) < asked for rows in lists)
+    kth = merged[-1].score
+    return merged, all(len(rows) < asked or rows[-1][2] <= kth for rows in lists)

@@ -1,0 +1,64 @@
+"""Scoring backend on transformers: the model body gives final hidden states; lm_head is separate.
+
+The body (`model.model`) is run without the lm_head, so no T x V logits are ever built; the
+entropy math applies the lm_head weight in chunks (pipelines/entropy.py). Sequences run one by
+one: on CPU batching gains little, and unpadded inputs are exact with no masking subtleties.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+log = logging.getLogger(__name__)
+
+
+class HFBackend:
+    """PolicyBackend on a transformers causal LM (float32 on CPU, or the given device)."""
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", version: int = 0) -> None:
+        self.device = torch.device(device)
+        self.model_dir = str(model_dir)
+        self.model = self._load(self.model_dir)
+        self.version = version
+
+    def _load(self, model_dir: str):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        return model.to(self.device).eval()
+
+    @torch.no_grad()
+    def hidden_states(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        out = []
+        for ids in sequences:
+            x = torch.tensor([ids], dtype=torch.long, device=self.device)
+            h = self.model.model(input_ids=x).last_hidden_state[0]  # post-norm, lm_head input
+            out.append(h.float().cpu())
+        return out
+
+    def lm_head_weight(self) -> torch.Tensor:
+        # Tied embeddings: the output embedding *is* the input embedding matrix.
+        return self.model.get_output_embeddings().weight.detach().float().cpu()
+
+    def load_weights(self, source: str | dict[str, torch.Tensor], version: int) -> None:
+        """A model dir (new config too, e.g. a raised RoPE base) or a state_dict of this model."""
+        if isinstance(source, str | Path):
+            self.model = self._load(str(source))
+            self.model_dir = str(source)
+        else:
+            self._load_state_dict(source)
+        self.version = version
+
+    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        result = self.model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
+        missing = set(result.missing_keys) - tied
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"state_dict does not fit the model: missing {sorted(missing)[:5]}, "
+                f"unexpected {sorted(result.unexpected_keys)[:5]}"
+            )
+        if self.model.config.tie_word_embeddings:
+            self.model.tie_weights()

@@ -1,0 +1,134 @@
+"""Scoring backend on vLLM's pooling runner: per-token final hidden states, lm_head applied by us.
+
+`runner="pooling", convert="embed"` with `token_embed` and no activation returns the T x d final
+(post-norm) hidden states of every prompt token. The lm_head is *not* part of the pooling model, so
+the backend reads it from the checkpoint's safetensors itself (`lm_head.weight`, or
+`model.embed_tokens.weight` when the embeddings are tied) and the chunked entropy math applies it.
+
+Weight sync (CPU path, shared/DESIGN.md section 4): `collective_rpc("reload_weights",
+kwargs={"weights_path": dir})` reloads the parameters in place; tensors passed through
+collective_rpc arrive mangled, so a state_dict is not accepted here. `reload_weights` does *not*
+re-read config.json, so a checkpoint whose architecture config differs (e.g. a raised RoPE base:
+the rotary cos/sin cache is built at engine start) restarts the engine instead (~20 s on CPU).
+
+vLLM starts its engine-core process with spawn: build this backend inside a Ray actor or under
+`if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+log = logging.getLogger(__name__)
+
+# config.json keys that do not change the computation (ignored when deciding to restart).
+_NON_ARCH_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"}
+
+
+def read_lm_head(model_dir: str | Path) -> torch.Tensor:
+    """[V, d] float32 output embedding from an HF checkpoint's safetensors (tied or not)."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in '{model_dir}': save with save_pretrained")
+    for key in ("lm_head.weight", "model.embed_tokens.weight"):  # untied first, then tied
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                if key in st.keys():  # safe_open has no __contains__
+                    return st.get_tensor(key).float()
+    raise KeyError(f"neither lm_head.weight nor model.embed_tokens.weight in '{model_dir}'")
+
+
+def arch_config(model_dir: str | Path) -> dict:
+    """The part of config.json that fixes what the engine computes (besides the weights)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return {k: v for k, v in cfg.items() if k not in _NON_ARCH_KEYS}
+
+
+class VLLMBackend:
+    """PolicyBackend on a vLLM pooling engine (one engine per backend, reused across stages)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        memory_utilization: float,
+        max_model_len: int,
+        omp_threads_bind: str = "nobind",
+        enforce_eager: bool = True,
+        version: int = 0,
+    ) -> None:
+        # Read by the engine process at start-up: "nobind" leaves threads to the OS (and to
+        # OMP_NUM_THREADS); "auto" binds every engine on a node to the same first core.
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind
+        self.memory_utilization = memory_utilization
+        self.max_model_len = max_model_len
+        self.enforce_eager = enforce_eager
+        self.model_dir = str(model_dir)
+        self.llm = self._start(self.model_dir)
+        self._lm_head = read_lm_head(self.model_dir)
+        self._arch = arch_config(self.model_dir)
+        self.version = version
+
+    def _start(self, model_dir: str):
+        from vllm import LLM
+        from vllm.config import PoolerConfig
+
+        return LLM(
+            model=model_dir,
+            runner="pooling",
+            convert="embed",
+            pooler_config=PoolerConfig(task="token_embed", use_activation=False),
+            dtype="float32",  # on CPU vLLM picks float16 for a float32 checkpoint otherwise
+            gpu_memory_utilization=self.memory_utilization,  # a share of RAM on CPU
+            max_model_len=self.max_model_len,
+            max_num_batched_tokens=self.max_model_len,  # a whole prompt fits one step
+            enable_prefix_caching=False,  # every token's hidden state must be computed
+            enforce_eager=self.enforce_eager,
+        )
+
+    def hidden_states(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        too_long = [len(s) for s in sequences if len(s) > self.max_model_len]
+        if too_long:
+            raise ValueError(
+                f"sequence of {too_long[0]} tokens > max_model_len {self.max_model_len}"
+            )
+        prompts = [{"prompt_token_ids": list(map(int, s))} for s in sequences]
+        outs = self.llm.encode(prompts, pooling_task="token_embed", use_tqdm=False)
+        return [o.outputs.data.float().cpu() for o in outs]
+
+    def lm_head_weight(self) -> torch.Tensor:
+        return self._lm_head
+
+    def load_weights(self, source: str | dict[str, torch.Tensor], version: int) -> None:
+        if not isinstance(source, str | Path):
+            raise NotImplementedError(
+                "the vLLM backend loads weights from an HF model directory only (tensors sent "
+                "through collective_rpc arrive mangled on CPU): save_pretrained and pass the path"
+            )
+        source = str(source)
+        if arch_config(source) != self._arch:
+            log.info("vLLM: config of '%s' differs (e.g. RoPE base): restarting engine", source)
+            self.shutdown()
+            self.llm = self._start(source)
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": source})
+        self._lm_head = read_lm_head(source)
+        self._arch = arch_config(source)
+        self.model_dir = source
+        self.version = version
+
+    def shutdown(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            if engine is not None and hasattr(engine, "engine_core"):
+                engine.engine_core.shutdown()
+            del llm
+            gc.collect()

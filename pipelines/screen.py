@@ -1,0 +1,152 @@
+"""Screening: exact per-token entropy of seed documents under the current policy, then the
+high-entropy positions and the query text before each (method step 1, shared/DESIGN.md).
+
+A position t is a candidate when H_t > mu_d + alpha * sigma_d (mean and std over the document's
+valid entropies) and t >= min_context; the highest-entropy candidates are taken greedily, at least
+min_gap apart, at most max_positions, and returned in position order.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipelines.config import Config
+
+log = logging.getLogger(__name__)
+
+SCREEN_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("entropy_mean", pa.float32()),
+        ("entropy_std", pa.float32()),
+        ("threshold", pa.float32()),
+        ("positions", pa.list_(pa.int32())),
+        ("position_entropies", pa.list_(pa.float32())),
+        ("queries", pa.list_(pa.string())),
+        ("policy_version", pa.int32()),
+    ]
+)
+
+
+def entropy_threshold(entropy: np.ndarray, alpha: float) -> tuple[float, float, float]:
+    """(mean, std, mean + alpha * std) over the valid (non-NaN) entropies; NaNs if none."""
+    valid = entropy[~np.isnan(entropy)]
+    if valid.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mu, sigma = float(valid.mean()), float(valid.std())
+    return mu, sigma, mu + alpha * sigma
+
+
+def select_positions(
+    entropy: np.ndarray, alpha: float, max_positions: int, min_gap: int, min_context: int
+) -> list[int]:
+    """High-entropy positions of one document, sorted (see the module docstring)."""
+    entropy = np.asarray(entropy, dtype=np.float64)
+    _, _, threshold = entropy_threshold(entropy, alpha)
+    if np.isnan(threshold):
+        return []
+    t = np.arange(entropy.size)
+    ok = (t >= max(1, min_context)) & ~np.isnan(entropy) & (entropy > threshold)
+    candidates = t[ok]
+    # Highest entropy first; ties go to the earlier position (stable sort on the negated value).
+    order = candidates[np.argsort(-entropy[candidates], kind="stable")]
+    chosen: list[int] = []
+    for pos in order:
+        if len(chosen) >= max_positions:
+            break
+        if all(abs(int(pos) - c) >= min_gap for c in chosen):
+            chosen.append(int(pos))
+    return sorted(chosen)
+
+
+def query_text(tokenizer, ids: list[int], pos: int, query_tokens: int) -> str:
+    """The decoded window of the query_tokens tokens right before position pos."""
+    return tokenizer.decode(ids[max(0, pos - query_tokens) : pos], skip_special_tokens=True)
+
+
+def screen_row(doc_id: str, ids: list[int], entropy: np.ndarray, tokenizer, cfg: Config) -> dict:
+    """One output row: statistics, selected positions, their entropies and queries."""
+    s = cfg.screen
+    mu, sigma, threshold = entropy_threshold(entropy, s.alpha)
+    positions = select_positions(entropy, s.alpha, s.max_positions, s.min_gap, s.min_context)
+    return {
+        "doc_id": doc_id,
+        "n_tokens": len(ids),
+        "entropy_mean": mu,
+        "entropy_std": sigma,
+        "threshold": threshold,
+        "positions": positions,
+        "position_entropies": [float(entropy[p]) for p in positions],
+        "queries": [query_text(tokenizer, ids, p, s.query_tokens) for p in positions],
+    }
+
+
+def tokenize_docs(tokenizer, docs: pa.Table, max_doc_tokens: int) -> list[dict]:
+    """[{doc_id, input_ids}] truncated to max_doc_tokens (documents under 2 tokens dropped)."""
+    ids = tokenizer(docs["text"].to_pylist(), add_special_tokens=False)["input_ids"]
+    out = [
+        {"doc_id": d, "input_ids": x[:max_doc_tokens]}
+        for d, x in zip(docs["doc_id"].to_pylist(), ids, strict=True)
+    ]
+    return [d for d in out if len(d["input_ids"]) >= 2]
+
+
+def screen_documents(
+    cfg: Config,
+    model_dir: str | Path,
+    docs_table: pa.Table,
+    scorers: list,
+    out_path: str | Path | None = None,
+) -> pa.Table:
+    """Screen every document of docs_table (doc_id, text) on a pool of EntropyScorer actors."""
+    from ray.util import ActorPool
+
+    from pipelines.tokenizer import load_tokenizer
+
+    if not scorers:
+        raise ValueError("screen_documents needs at least one EntropyScorer actor")
+    tokenizer = load_tokenizer(cfg.tokenizer.path or model_dir)
+    docs = tokenize_docs(tokenizer, docs_table, cfg.screen.max_doc_tokens)
+    size = cfg.screen.batch_docs
+    batches = [docs[i : i + size] for i in range(0, len(docs), size)]
+    pool = ActorPool(scorers)
+    rows: list[dict] = []
+    results = pool.map_unordered(lambda actor, batch: actor.screen.remote(batch), batches)
+    for batch_rows in tqdm(results, total=len(batches), desc="screen", unit="batch"):
+        rows.extend(batch_rows)
+    order = {d["doc_id"]: i for i, d in enumerate(docs)}
+    rows.sort(key=lambda r: order[r["doc_id"]])
+    table = pa.Table.from_pylist(rows, schema=SCREEN_SCHEMA)
+    if out_path is not None:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(out_path.name + ".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(out_path)  # a killed run never leaves a half-written table
+    n_pos = sum(len(r["positions"]) for r in rows)
+    log.info("screen: %d documents, %d positions selected", len(rows), n_pos)
+    return table
+
+
+def cmd_screen(cfg: Config, args) -> None:
+    """`policylong screen`: screen the training documents with pi_0 -> run_dir/screen/*.parquet."""
+    from actors.scorer import create_scorers
+    from cluster.runtime import init_ray
+    from pipelines.ingest import read_docs
+    from pipelines.world import ensure_world
+
+    init_ray(cfg.cluster)
+    world = ensure_world(cfg)
+    docs = read_docs(world.corpus_dir, "train").select(["doc_id", "text"])
+    scorers = create_scorers(cfg, world.model_dir)
+    out = cfg.run_dir / "screen" / "policy_v0.parquet"
+    table = screen_documents(cfg, world.model_dir, docs, scorers, out)
+    n_pos = sum(len(p) for p in table["positions"].to_pylist())
+    print(f"screened {table.num_rows} documents, {n_pos} positions -> {out}")

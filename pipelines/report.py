@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 
@@ -23,6 +24,14 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _read_dir(folder: Path, columns: list[str]) -> dict | None:
+    """Columns of every committed per-batch Parquet file in folder (None when there is none)."""
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        return None
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files).to_pydict()
+
+
 def stage_summary(stage_dir: Path) -> dict:
     """Counts and statistics of one finished stage, from its files."""
     summary: dict = {"stage": stage_dir.name}
@@ -30,14 +39,13 @@ def stage_summary(stage_dir: Path) -> dict:
     if manifest.exists():
         m = json.loads(manifest.read_text())
         summary |= {"samples": m["samples"], "tokens": m["tokens"], **m.get("counts", {})}
-    screen = stage_dir / "screen.parquet"
-    if screen.exists():
-        t = pq.read_table(screen, columns=["entropy_mean", "positions"]).to_pydict()
-        summary["mean_token_entropy"] = float(np.mean(t["entropy_mean"])) if t["positions"] else 0
-    cands = stage_dir / "candidates.parquet"
-    if cands.exists():
-        r = np.asarray(pq.read_table(cands, columns=["r"]).column("r").to_pylist(), dtype=float)
-        if len(r):
+    screen = _read_dir(stage_dir / "screen", ["entropy_mean"])
+    if screen:
+        summary["mean_token_entropy"] = float(np.nanmean(screen["entropy_mean"]))
+    cands = _read_dir(stage_dir / "candidates", ["r"])
+    if cands:
+        r = np.asarray(cands["r"], dtype=float)
+        if np.isfinite(r).any():
             summary |= {"r_mean": float(np.nanmean(r)), "r_median": float(np.nanmedian(r))}
     losses = [x["loss"] for x in _read_jsonl(stage_dir / "train" / "train_log.jsonl")]
     if losses:
@@ -47,24 +55,25 @@ def stage_summary(stage_dir: Path) -> dict:
 
 def _plot_stage(stage_dir: Path) -> list[str]:
     made = []
-    screen = stage_dir / "screen.parquet"
-    if screen.exists():
-        ent = pq.read_table(screen, columns=["entropy"]).column("entropy").to_pylist()
+    screen = _read_dir(stage_dir / "screen", ["entropy"])
+    if screen:
+        ent = screen["entropy"]
         flat = np.concatenate([np.asarray(e, dtype=float) for e in ent]) if ent else np.zeros(0)
         flat = flat[np.isfinite(flat)]
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.hist(flat, bins=60, color="#4477aa")
         ax.set(title=f"{stage_dir.name}: token entropy under the policy", xlabel="H_t (nats)")
         made.append(_save(fig, stage_dir / "entropy_hist.png"))
-    cands = stage_dir / "candidates.parquet"
-    if cands.exists():
-        t = pq.read_table(cands, columns=["r", "label"]).to_pydict()
+    t = _read_dir(stage_dir / "candidates", ["r", "label"])
+    if t:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         r = np.asarray(t["r"], dtype=float)
         axes[0].hist(r[np.isfinite(r)], bins=50, color="#228833")
         axes[0].set(title="relative entropy reduction r of candidates", xlabel="r")
         labels = ["positive", "negative", "discarded"]
-        axes[1].bar(labels, [t["label"].count(x) for x in labels], color=["#228833", "#ee6677", "#bbb"])
+        axes[1].bar(
+            labels, [t["label"].count(x) for x in labels], color=["#228833", "#ee6677", "#bbb"]
+        )
         axes[1].set(title="verification outcome")
         made.append(_save(fig, stage_dir / "verification.png"))
     losses = _read_jsonl(stage_dir / "train" / "train_log.jsonl")

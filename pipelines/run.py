@@ -1,8 +1,4 @@
-"""The main job: `policylong run` / `make run`.
-
-Today it prepares the world (corpus, tokenizer, pi_0) and prints where everything is; the stage loop
-(screen -> retrieve -> verify -> assemble -> train -> broadcast) extends it as those steps land.
-"""
+"""The main job (`policylong run`, `make run`): the whole loop, then where its outputs are."""
 
 from __future__ import annotations
 
@@ -16,18 +12,21 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Config) -> dict:
-    from pipelines.world import ensure_world
+    from pipelines.policylong import run_policylong, stage_dir
 
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     init_ray(cfg.cluster)
-    world = ensure_world(cfg)
+    result = run_policylong(cfg)
+    last = stage_dir(cfg, len(cfg.stages.seq_lens) - 1)
     summary = {
         "run_dir": str(cfg.run_dir),
-        "corpus_dir": str(world.corpus_dir),
-        "base_model_dir": str(world.model_dir),
-        "base_metrics": world.metrics,
+        "method": cfg.stages.method,
+        "final_checkpoint": str(last / "model"),
+        "sample_logs": str(cfg.run_dir / "stages" / "stage_*" / "samples"),
+        "report": result["report"],
+        "new_work": result["new_work"],
     }
-    (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (cfg.run_dir / "summary.json").write_text(json.dumps(summary | result, indent=2))
     print(json.dumps(summary, indent=2))
     return summary

@@ -46,6 +46,7 @@ class StageTrainSpec:
     threads: int = 1
     poll_s: float = 0.5
     checkpoint_every: int = 5
+    probe_ids: list[int] | None = None  # fixed probe: its entropies prove the broadcast
 
 
 class SampleStream:
@@ -243,8 +244,21 @@ def _save_hf(policy, spec: StageTrainSpec) -> None:
         src = Path(spec.init_model_dir) / name
         if src.exists():
             shutil.copy(src, tmp / name)
+    if spec.probe_ids:
+        (tmp / "probe.json").write_text(json.dumps(probe_entropies(policy, spec.probe_ids)))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
+
+
+@torch.no_grad()
+def probe_entropies(policy, probe_ids: list[int]) -> dict:
+    """The trainer's own entropies of the probe, from the in-memory policy."""
+    from pipelines.entropy import token_entropies
+
+    policy.eval()
+    hidden = policy.model(input_ids=torch.tensor([probe_ids])).last_hidden_state[0]
+    ent = token_entropies(hidden, policy.lm_head.weight, 256)[1:]
+    return {"probe_ids": probe_ids, "entropies": ent.tolist()}
 
 
 def train_stage(spec: StageTrainSpec, num_workers: int, cpus_per_worker: float, gpus: float):

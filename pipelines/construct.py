@@ -1,0 +1,294 @@
+"""One stage's data construction: screen -> retrieve -> verify -> assemble -> commit.
+
+Seed documents flow through in small batches, several batches in flight at once (one driver
+thread each), so screening of one batch overlaps retrieval and verification of the others and
+committed samples reach the trainer while later batches are still being built. The method
+decides which steps run:
+
+    policylong / entropylong   screen, retrieve, verify; positives + on-policy hard negatives
+    nextlong                   retrieve by the document's own chunks, no verification: negatives
+    concat                     random filler only (plain concatenation)
+
+(PolicyLong and EntropyLong differ only in which policy the actors hold: the driver broadcasts
+pi_{k+1} for PolicyLong and keeps pi_0 for EntropyLong.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from pipelines.assemble import Piece, assemble_sample
+from pipelines.chunking import read_chunk_table
+from pipelines.config import Config
+from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
+from pipelines.screen import screen_row
+
+log = logging.getLogger(__name__)
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("chunk_id", pa.string()),
+        ("r", pa.float32()),
+        ("similarity", pa.float32()),
+        ("label", pa.string()),
+        ("positions", pa.list_(pa.int32())),
+    ]
+)
+
+
+@dataclass
+class StageCounts:
+    documents: int = 0
+    positions: int = 0
+    candidates: int = 0
+    positives: int = 0
+    negatives: int = 0
+    samples: int = 0
+    tokens: int = 0
+    skipped_no_dependency: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+
+class FillerPool:
+    """Random retrieval chunks used as filler (never from the seed document)."""
+
+    def __init__(self, index_dir: Path, chunk_tables: list[str]):
+        cols = ["chunk_id", "doc_id", "input_ids"]
+        table = pa.concat_tables(read_chunk_table(index_dir / t, cols) for t in chunk_tables)
+        self.ids = table["chunk_id"].to_pylist()
+        self.docs = table["doc_id"].to_pylist()
+        self.tokens = table["input_ids"].to_pylist()
+
+    def sampler(self, seed_doc_id: str):
+        def draw(rng: np.random.Generator, want: int) -> Piece:
+            while True:
+                i = int(rng.integers(len(self.ids)))
+                if self.docs[i] != seed_doc_id:
+                    return Piece(self.ids[i], self.tokens[i], "filler")
+
+        return draw
+
+
+@dataclass
+class StageContext:
+    """What one stage's construction works with (actors are shared across stages)."""
+
+    cfg: Config
+    stage: int
+    seq_len: int
+    policy_version: int
+    stage_dir: Path
+    scorers: list
+    verifiers: list
+    retriever: object  # pipelines.retrieve.Retriever
+    tokenizer: object
+    fillers: FillerPool
+
+
+def _candidates(ctx: StageContext, row: dict) -> list[dict]:
+    """Retrieve top-k chunks for each selected position; one candidate per distinct chunk."""
+    if not row["positions"]:
+        return []
+    hits = ctx.retriever.search(row["queries"], [row["doc_id"]] * len(row["queries"]))
+    merged: dict[str, dict] = {}
+    for pos, pos_hits in zip(row["positions"], hits, strict=True):
+        for h in pos_hits:
+            c = merged.setdefault(h.chunk_id, {"chunk_id": h.chunk_id, "positions": []})
+            c["similarity"] = max(c.get("similarity", -1.0), h.score)
+            c["positions"].append(pos)
+    chunks = ctx.retriever.get_chunks(list(merged))
+    for c, chunk in zip(merged.values(), chunks, strict=True):
+        c["input_ids"] = chunk["input_ids"]
+    return list(merged.values())
+
+
+def _nextlong_candidates(ctx: StageContext, doc: dict) -> list[dict]:
+    """NExtLong: the document's own chunks as queries; top-k similar chunks, unverified."""
+    step = ctx.cfg.index.chunk_tokens
+    queries = [
+        ctx.tokenizer.decode(doc["input_ids"][i : i + step])
+        for i in range(0, len(doc["input_ids"]), step)
+    ]
+    hits = ctx.retriever.search(queries, [doc["doc_id"]] * len(queries))
+    seen: dict[str, float] = {}
+    for h in (h for q in hits for h in q):
+        seen[h.chunk_id] = max(seen.get(h.chunk_id, -1.0), h.score)
+    chunks = ctx.retriever.get_chunks(list(seen))
+    return [
+        {
+            "chunk_id": c,
+            "similarity": s,
+            "input_ids": ch["input_ids"],
+            "positions": [],
+            "r": np.nan,
+            "label": "negative",
+        }
+        for (c, s), ch in zip(seen.items(), chunks, strict=True)
+    ]
+
+
+def process_batch(
+    ctx: StageContext, batch_index: int, docs: list[dict], counts: StageCounts
+) -> None:
+    """Run one batch of seed documents through the steps and commit its samples."""
+    cfg, method = ctx.cfg, ctx.cfg.stages.method
+    name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
+    samples, cand_rows, screen_rows = [], [], []
+    scorer = ctx.scorers[batch_index % len(ctx.scorers)]
+    verifier = ctx.verifiers[batch_index % len(ctx.verifiers)] if ctx.verifiers else None
+    scored = ray.get(scorer.score.remote(docs)) if method in ("policylong", "entropylong") else []
+    for i, doc in enumerate(docs):
+        positives: list[Piece] = []
+        negatives: list[Piece] = []
+        positions: list[int] = []
+        if scored:
+            row = screen_row(
+                doc["doc_id"], doc["input_ids"], scored[i]["entropy"], ctx.tokenizer, cfg
+            )
+            screen_rows.append(
+                row
+                | {"entropy": scored[i]["entropy"].tolist(), "policy_version": ctx.policy_version}
+            )
+            positions = row["positions"]
+            cands = _candidates(ctx, row)
+            results = ray.get(verifier.verify.remote(doc | row, cands)) if cands else []
+            by_id = {c["chunk_id"]: c for c in cands}
+        elif method == "nextlong":
+            results = _nextlong_candidates(ctx, doc)
+            by_id = {c["chunk_id"]: c for c in results}
+        else:
+            results, by_id = [], {}
+        for res in results:
+            piece = Piece(
+                res["chunk_id"],
+                by_id[res["chunk_id"]]["input_ids"],
+                res["label"],
+                res["r"],
+                res["similarity"],
+            )
+            if res["label"] == "positive":
+                positives.append(piece)
+            elif res["label"] == "negative":
+                negatives.append(piece)
+            cand_rows.append(
+                {
+                    "doc_id": doc["doc_id"],
+                    **{k: res[k] for k in ("chunk_id", "r", "similarity", "label", "positions")},
+                }
+            )
+        negatives.sort(key=lambda p: -p.similarity)  # the most similar are the hardest
+        counts.add(
+            documents=1,
+            positions=len(positions),
+            candidates=len(results),
+            positives=len(positives),
+            negatives=len(negatives),
+        )
+        if method in ("policylong", "entropylong") and not positives:
+            counts.add(skipped_no_dependency=1)
+            continue
+        seed = int(
+            hashlib.sha256(f"{cfg.run.seed}:{ctx.stage}:{doc['doc_id']}".encode()).hexdigest()[:8],
+            16,
+        )
+        s = assemble_sample(
+            ctx.stage,
+            doc["doc_id"],
+            doc["input_ids"],
+            positives,
+            negatives,
+            ctx.fillers.sampler(doc["doc_id"]),
+            ctx.seq_len,
+            ctx.tokenizer.eos_token_id,
+            cfg.assemble,
+            seed,
+        )
+        samples.append(
+            {
+                "sample_id": s.sample_id,
+                "stage": ctx.stage,
+                "policy_version": ctx.policy_version,
+                "seed_doc_id": s.seed_doc_id,
+                "positions": positions,
+                "input_ids": s.input_ids,
+                "segments": s.segments,
+            }
+        )
+    _write_side_table(ctx.stage_dir / "screen", name, screen_rows)
+    _write_side_table(ctx.stage_dir / "candidates", name, cand_rows, CANDIDATE_SCHEMA)
+    SampleLog(ctx.stage_dir / "samples").commit(
+        name, pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA)
+    )
+    counts.add(samples=len(samples), tokens=len(samples) * ctx.seq_len)
+
+
+def _write_side_table(folder: Path, name: str, rows: list[dict], schema=None) -> None:
+    """Per-batch screening/verification details for the report (written before the commit)."""
+    if not rows:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f"{name}.parquet.tmp"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+    tmp.replace(folder / f"{name}.parquet")
+
+
+def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: int) -> dict:
+    """Build the stage's samples until the budget is met or the seed documents run out."""
+    cfg = ctx.cfg
+    sample_log = SampleLog(ctx.stage_dir / "samples", writer=True)
+    counts = StageCounts()
+    size = cfg.screen.batch_docs
+    batches = [seed_docs[i : i + size] for i in range(0, len(seed_docs), size)]
+    in_flight = cfg.stages.batches_in_flight
+    committed = sum(c.rows for c in sample_log.commits())
+    bar = tqdm(
+        total=budget_samples,
+        initial=min(committed, budget_samples),
+        desc=f"construct stage {ctx.stage}",
+        unit="sample",
+    )
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        pending, next_batch = set(), 0
+        while next_batch < len(batches) or pending:
+            while (
+                next_batch < len(batches)
+                and len(pending) < in_flight
+                and committed < budget_samples
+            ):
+                name = shard_name(ctx.stage, [d["doc_id"] for d in batches[next_batch]])
+                if not sample_log.is_committed(name):  # a rerun skips what is done
+                    pending.add(
+                        pool.submit(process_batch, ctx, next_batch, batches[next_batch], counts)
+                    )
+                next_batch += 1
+            if not pending:
+                break
+            done = next(as_completed(pending))
+            pending.discard(done)
+            done.result()
+            now = sum(c.rows for c in sample_log.commits())
+            bar.update(min(now, budget_samples) - min(committed, budget_samples))
+            committed = now
+    bar.close()
+    sample_log.finish(counts.to_dict())
+    log.info("stage %d construction: %s", ctx.stage, counts.to_dict())
+    return counts.to_dict()

@@ -1,0 +1,184 @@
+"""The stage driver — PolicyLong's algorithm box.
+
+    pi_0 <- base policy; index <- chunk, embed and index the corpus
+    for k = 0 .. K-1:
+        make sure every scorer and verifier holds pi_k           (broadcast; PolicyLong only)
+        in the background: construct stage k with pi_k           (screen, retrieve, verify,
+                                                                  assemble, commit to the log)
+        meanwhile: train pi_k on the log as it grows -> pi_{k+1} (Ray Train, RoPE raised)
+        save pi_{k+1}, write the stage manifest
+    report
+
+A stage whose manifest exists is done: a killed driver restarted with the same command resumes at
+the first incomplete stage, and construction and training inside it resume from their own logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def stage_dir(cfg: Config, k: int) -> Path:
+    return cfg.run_dir / "stages" / f"stage_{k}"
+
+
+def stage_complete(cfg: Config, k: int) -> bool:
+    return (stage_dir(cfg, k) / "stage_manifest.json").is_file()
+
+
+def seed_share(cfg: Config, docs: list[dict], k: int) -> list[dict]:
+    """Stage k's seed documents: a disjoint slice of one seeded permutation of the corpus."""
+    order = np.random.default_rng(cfg.run.seed).permutation(len(docs))
+    n = cfg.stages.seed_docs_per_stage
+    return [docs[i] for i in np.roll(order, -k * n)[:n]]
+
+
+def run_policylong(cfg: Config) -> dict:
+    import ray
+
+    from actors.scorer import create_scorers
+    from actors.verifier import create_verifiers
+    from cluster.weight_sync import broadcast, make_transport
+    from pipelines.build_index import build_index
+    from pipelines.construct import FillerPool, StageContext, construct_stage
+    from pipelines.ingest import read_docs
+    from pipelines.report import write_report
+    from pipelines.retrieve import Retriever
+    from pipelines.screen import tokenize_docs
+    from pipelines.tokenizer import load_tokenizer
+    from pipelines.train import StageTrainSpec, train_stage
+    from pipelines.world import ensure_world
+
+    world = ensure_world(cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer.path or world.model_dir)
+    method = cfg.stages.method
+    on_policy = method == "policylong"
+    needs_policy = method in ("policylong", "entropylong")
+    index = build_index(
+        cfg.run_dir / "index",
+        world.corpus_dir,
+        Path(cfg.tokenizer.path or world.model_dir),
+        cfg.index,
+        cfg.run.seed,
+    )
+    docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
+    probe_ids = docs[0]["input_ids"][: cfg.stages.probe_tokens]
+
+    # pi_k: the newest finished stage's checkpoint (resume), else the base.
+    first = next((k for k in range(len(cfg.stages.seq_lens)) if not stage_complete(cfg, k)), None)
+    policy_dir, version = Path(world.model_dir).resolve(), 0
+    if first:
+        policy_dir, version = (stage_dir(cfg, first - 1) / "model").resolve(), first
+    if first is None:
+        log.info("all %d stages are complete: nothing to do", len(cfg.stages.seq_lens))
+        return {
+            "stages": len(cfg.stages.seq_lens),
+            "new_work": False,
+            "report": str(write_report(cfg.run_dir)),
+        }
+
+    actor_version = version if on_policy else 0
+    actor_dir = policy_dir if on_policy else Path(world.model_dir).resolve()
+    scorers = create_scorers(cfg, actor_dir, version=actor_version) if needs_policy else []
+    verifiers = create_verifiers(cfg, actor_dir, version=actor_version) if needs_policy else []
+    groups = [
+        (make_transport(cfg.stages.weight_transport, cfg.screen.backend), scorers),
+        (make_transport(cfg.stages.weight_transport, cfg.verify.backend), verifiers),
+    ]
+    retriever = Retriever.from_config(cfg, index.index_dir) if method != "concat" else None
+    fillers = FillerPool(index.index_dir, index.manifest["chunk_tables"])
+    broadcasts = []
+
+    for k in range(first, len(cfg.stages.seq_lens)):
+        seq_len, theta = cfg.stages.seq_lens[k], cfg.stages.rope_thetas[k]
+        sdir = stage_dir(cfg, k)
+        sdir.mkdir(parents=True, exist_ok=True)
+        if on_policy and version > 0:  # every actor must hold pi_k before stage k starts
+            expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
+            broadcasts.append(
+                broadcast(
+                    groups, policy_dir, version, probe_ids, expected, cfg.stages.probe_tolerance
+                )
+            )
+        log.info(
+            "stage %d: seq_len %d, RoPE base %.3g, policy version %d", k, seq_len, theta, version
+        )
+        ctx = StageContext(
+            cfg,
+            k,
+            seq_len,
+            actor_version,
+            sdir,
+            scorers,
+            verifiers,
+            retriever,
+            tokenizer,
+            fillers,
+        )
+        budget = max(1, cfg.stages.tokens_per_stage // seq_len)
+        result: dict = {}
+        construction = threading.Thread(
+            target=lambda out, *a: out.update(construct_stage(*a)),
+            args=(result, ctx, seed_share(cfg, docs, k), budget),
+            name=f"construct-stage-{k}",
+        )
+        started = time.time()
+        construction.start()
+        spec = StageTrainSpec(
+            stage=k,
+            init_model_dir=str(policy_dir),
+            out_model_dir=str((sdir / "model").resolve()),
+            sample_log_dir=str((sdir / "samples").resolve()),
+            ledger_dir=str((sdir / "train").resolve()),
+            seq_len=seq_len,
+            rope_theta=theta,
+            budget_samples=budget,
+            train=asdict(cfg.train),
+            threads=cfg.cluster.torch_threads_per_actor,
+            probe_ids=probe_ids,
+        )
+        train_stage(
+            spec,
+            cfg.cluster.num_train_workers,
+            cfg.cluster.cpus_per_train_worker,
+            cfg.cluster.gpus_per_train_worker,
+        )
+        construction.join()
+        manifest = {
+            "stage": k,
+            "seq_len": seq_len,
+            "rope_theta": theta,
+            "method": method,
+            "policy_version_used": ctx.policy_version,
+            "model_dir": spec.out_model_dir,
+            "construction": result,
+            "wall_s": time.time() - started,
+        }
+        (sdir / "stage_manifest.json").write_text(json.dumps(manifest, indent=2))
+        policy_dir, version = Path(spec.out_model_dir), k + 1
+        if on_policy:
+            actor_version = version
+
+    for actor in scorers + verifiers:
+        ray.kill(actor)
+    if retriever is not None:
+        retriever.close()
+    report = write_report(cfg.run_dir)
+    return {
+        "stages": len(cfg.stages.seq_lens),
+        "new_work": True,
+        "final_model": str(policy_dir),
+        "report": str(report),
+        "broadcasts": broadcasts,
+    }

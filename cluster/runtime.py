@@ -16,8 +16,6 @@ def init_ray(cfg: ClusterSection) -> None:
 
     if ray.is_initialized():
         return
-    # Off a TTY Ray Data logs a progress table every 10 s; once a minute keeps logs readable.
-    os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", "60")
     # Inside `ray job submit` RAY_ADDRESS is set: always join that cluster.
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     ray.init(
@@ -27,4 +25,9 @@ def init_ray(cfg: ClusterSection) -> None:
         configure_logging=True,
         logging_level=logging.WARNING,
     )
+    import ray.data
+
+    # Our own tqdm bars report progress; Ray Data's per-dataset tables would drown the log.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     log.info("ray: %s, resources %s", address or "local", ray.cluster_resources())

@@ -81,6 +81,7 @@ class PretrainSection:
     warmup_steps: int = field(default=30, metadata=_r(0))
     weight_decay: float = field(default=0.1, metadata=_r(0.0, 1.0))
     eval_tokens: int = field(default=40_000, metadata=_r(1))
+    repeat_fraction: float = field(default=0.3, metadata=_r(0.0, 1.0))  # rows with a copied span
     threads: int = field(default=2, metadata=_r(1))
 
 
@@ -125,6 +126,7 @@ class ScreenSection:
 
 @dataclass
 class VerifySection:
+    backend: Literal["hf", "vllm"] = "hf"
     tau_pos: float = field(default=0.10, metadata=_r(-1.0, 1.0))
     tau_neg: float = field(default=0.02, metadata=_r(-1.0, 1.0))
     batch_candidates: int = field(default=8, metadata=_r(1))
@@ -158,6 +160,12 @@ class StagesSection:
     rope_thetas: list[float] = field(default_factory=lambda: [40_000.0, 160_000.0])
     tokens_per_stage: int = field(default=120_000, metadata=_r(1))
     seed_docs_per_stage: int = field(default=64, metadata=_r(1))
+    batches_in_flight: int = field(default=3, metadata=_r(1))  # construction overlap
+    probe_tokens: int = field(default=64, metadata=_r(2))  # fixed probe checked after a broadcast
+    probe_tolerance: float = field(default=1e-4, metadata=_r(0.0))
+    # How the trainer's weights reach the actors: auto = object store for HF backends,
+    # checkpoint dir + reload_weights for vLLM.
+    weight_transport: Literal["auto", "object_store", "checkpoint_dir"] = "auto"
 
 
 @dataclass

@@ -146,10 +146,18 @@ def _nextlong_candidates(ctx: StageContext, doc: dict) -> list[dict]:
     ]
 
 
+@dataclass
+class BatchResult:
+    name: str
+    samples: list[dict]
+    screen_rows: list[dict]
+    candidate_rows: list[dict]
+
+
 def process_batch(
     ctx: StageContext, batch_index: int, docs: list[dict], counts: StageCounts
-) -> None:
-    """Run one batch of seed documents through the steps and commit its samples."""
+) -> BatchResult:
+    """Run one batch of seed documents through screen, retrieve, verify and assemble."""
     cfg, method = ctx.cfg, ctx.cfg.stages.method
     name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
     samples, cand_rows, screen_rows = [], [], []
@@ -233,12 +241,7 @@ def process_batch(
                 "segments": s.segments,
             }
         )
-    _write_side_table(ctx.stage_dir / "screen", name, screen_rows)
-    _write_side_table(ctx.stage_dir / "candidates", name, cand_rows, CANDIDATE_SCHEMA)
-    SampleLog(ctx.stage_dir / "samples").commit(
-        name, pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA)
-    )
-    counts.add(samples=len(samples), tokens=len(samples) * ctx.seq_len)
+    return BatchResult(name, samples, screen_rows, cand_rows)
 
 
 def _write_side_table(folder: Path, name: str, rows: list[dict], schema=None) -> None:
@@ -251,44 +254,59 @@ def _write_side_table(folder: Path, name: str, rows: list[dict], schema=None) ->
     tmp.replace(folder / f"{name}.parquet")
 
 
+def _commit(ctx: StageContext, log: SampleLog, result: BatchResult, room: int) -> int:
+    """Commit one batch (its first `room` samples): details first, then the marked shard."""
+    samples = result.samples[:room]
+    _write_side_table(ctx.stage_dir / "screen", result.name, result.screen_rows)
+    _write_side_table(
+        ctx.stage_dir / "candidates", result.name, result.candidate_rows, CANDIDATE_SCHEMA
+    )
+    log.commit(result.name, pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA))
+    return len(samples)
+
+
 def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: int) -> dict:
-    """Build the stage's samples until the budget is met or the seed documents run out."""
+    """Build the stage's samples until the budget is met or the seed documents run out.
+
+    Batches are processed concurrently but committed strictly in batch order, and the batch that
+    reaches the budget is cut to it. So the committed samples depend only on the inputs, never
+    on timing: a killed and rerun stage commits exactly what an uninterrupted one would, and the
+    trainer, which trains every committed sample once, knows its step count in advance.
+    """
     cfg = ctx.cfg
     sample_log = SampleLog(ctx.stage_dir / "samples", writer=True)
+    done = {c.name: c.rows for c in sample_log.commits()}
     counts = StageCounts()
     size = cfg.screen.batch_docs
     batches = [seed_docs[i : i + size] for i in range(0, len(seed_docs), size)]
-    in_flight = cfg.stages.batches_in_flight
-    committed = sum(c.rows for c in sample_log.commits())
-    bar = tqdm(
-        total=budget_samples,
-        initial=min(committed, budget_samples),
-        desc=f"construct stage {ctx.stage}",
-        unit="sample",
-    )
-    with ThreadPoolExecutor(max_workers=in_flight) as pool:
-        pending, next_batch = set(), 0
-        while next_batch < len(batches) or pending:
-            while (
-                next_batch < len(batches)
-                and len(pending) < in_flight
-                and committed < budget_samples
-            ):
-                name = shard_name(ctx.stage, [d["doc_id"] for d in batches[next_batch]])
-                if not sample_log.is_committed(name):  # a rerun skips what is done
-                    pending.add(
-                        pool.submit(process_batch, ctx, next_batch, batches[next_batch], counts)
-                    )
-                next_batch += 1
-            if not pending:
-                break
-            done = next(as_completed(pending))
-            pending.discard(done)
-            done.result()
-            now = sum(c.rows for c in sample_log.commits())
-            bar.update(min(now, budget_samples) - min(committed, budget_samples))
-            committed = now
+    names = [shard_name(ctx.stage, [d["doc_id"] for d in b]) for b in batches]
+    committed, next_commit, next_submit = 0, 0, 0
+    results: dict[int, BatchResult] = {}
+    bar = tqdm(total=budget_samples, desc=f"construct stage {ctx.stage}", unit="sample")
+    with ThreadPoolExecutor(max_workers=cfg.stages.batches_in_flight) as pool:
+        pending: dict = {}
+        while next_commit < len(batches) and committed < budget_samples:
+            # Keep batches in flight ahead of the commit point (committed ones are skipped).
+            while next_submit < len(batches) and len(pending) < cfg.stages.batches_in_flight:
+                if names[next_submit] not in done:
+                    fut = pool.submit(process_batch, ctx, next_submit, batches[next_submit], counts)
+                    pending[fut] = next_submit
+                next_submit += 1
+            if names[next_commit] in done:
+                committed += done[names[next_commit]]
+            else:
+                while next_commit not in results:
+                    fut = next(as_completed(pending))
+                    results[pending.pop(fut)] = fut.result()
+                result = results.pop(next_commit)
+                n = _commit(ctx, sample_log, result, budget_samples - committed)
+                counts.add(samples=n, tokens=n * ctx.seq_len)
+                committed += n
+            bar.update(min(committed, budget_samples) - bar.n)
+            next_commit += 1
+        for fut in pending:  # budget met: work still in flight is not needed
+            fut.cancel()
     bar.close()
-    sample_log.finish(counts.to_dict())
+    sample_log.finish(counts.to_dict() | {"samples_committed": committed})
     log.info("stage %d construction: %s", ctx.stage, counts.to_dict())
     return counts.to_dict()

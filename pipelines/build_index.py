@@ -228,6 +228,8 @@ def build_index(
     """Build (or reuse) the index of `corpus_dir` chunked with the tokenizer in `tokenizer_dir`."""
     index_dir, tokenizer_dir = Path(index_dir), Path(tokenizer_dir)
     docs = read_docs(corpus_dir, None if cfg.source_split == "all" else cfg.source_split)
+    if cfg.max_docs:  # a deterministic subset (docs are in doc_id order) for quick runs
+        docs = docs.slice(0, cfg.max_docs)
     key = build_key(docs["doc_id"].to_pylist(), tokenizer_dir, cfg)
     if index_dir.exists():
         old = read_manifest(index_dir)

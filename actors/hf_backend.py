@@ -47,9 +47,23 @@ class HFBackend:
         if isinstance(source, str | Path):
             self.model = self._load(str(source))
             self.model_dir = str(source)
+        elif "state_dict" in source and "config" in source:
+            self._load_payload(source)
         else:
             self._load_state_dict(source)
         self.version = version
+
+    def _load_payload(self, payload: dict) -> None:
+        """{config, state_dict} from the object-store transport: the config may differ (a stage
+        raises the RoPE base), so the model is rebuilt from it before the weights go in."""
+        from transformers import AutoConfig
+
+        config = dict(payload["config"])
+        config = AutoConfig.for_model(config.pop("model_type"), **config)
+        if config.to_dict() != self.model.config.to_dict():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            self.model = model.to(self.device).eval()
+        self._load_state_dict(payload["state_dict"])
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         result = self.model.load_state_dict(state, strict=False)

@@ -13,6 +13,7 @@ Only the hidden states at the needed positions go through the lm_head.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ class Verifier:
         torch.set_num_threads(threads)  # before the engine starts (see actors/scorer.py)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         self.cfg = cfg
+        self.busy_s = 0.0
         max_len = cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1
         self.backend = make_backend(
             cfg.verify.backend,
@@ -53,6 +55,17 @@ class Verifier:
         """doc: {doc_id, input_ids, positions, position_entropies};
         candidates: [{chunk_id, input_ids, similarity, positions (subset of doc's)}].
         Returns per candidate {chunk_id, r, similarity, label, positions, entropies_with}."""
+        start = time.perf_counter()
+        try:
+            return self._verify(doc, candidates)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def busy_seconds(self) -> float:
+        """Total time spent verifying: the overlap benchmark's per-actor busy time."""
+        return self.busy_s
+
+    def _verify(self, doc: dict, candidates: list[dict]) -> list[dict]:
         base = dict(zip(doc["positions"], doc["position_entropies"], strict=True))
         weight = self.backend.lm_head_weight()
         chunk = self.cfg.screen.lm_head_chunk_tokens

@@ -44,6 +44,20 @@ def seed_share(cfg: Config, docs: list[dict], k: int) -> list[dict]:
     return [docs[i] for i in np.roll(order, -k * n)[:n]]
 
 
+def index_dir(cfg: Config, world) -> Path:
+    """The index lives in the content-addressed cache: runs over the same corpus, tokenizer and
+    index config share it (embedding is the slowest part of a small run)."""
+    from pipelines.build_index import build_key
+    from pipelines.ingest import read_docs
+
+    split = None if cfg.index.source_split == "all" else cfg.index.source_split
+    doc_ids = read_docs(world.corpus_dir, split)["doc_id"].to_pylist()
+    if cfg.index.max_docs:
+        doc_ids = doc_ids[: cfg.index.max_docs]
+    key = build_key(doc_ids, Path(cfg.tokenizer.path or world.model_dir), cfg.index)
+    return Path(cfg.run.cache_dir) / f"index-{key}"
+
+
 def run_policylong(cfg: Config) -> dict:
     import ray
 
@@ -61,16 +75,13 @@ def run_policylong(cfg: Config) -> dict:
     from pipelines.world import ensure_world
 
     world = ensure_world(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer.path or world.model_dir)
+    tokenizer_dir = Path(cfg.tokenizer.path or world.model_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     method = cfg.stages.method
     on_policy = method == "policylong"
     needs_policy = method in ("policylong", "entropylong")
     index = build_index(
-        cfg.run_dir / "index",
-        world.corpus_dir,
-        Path(cfg.tokenizer.path or world.model_dir),
-        cfg.index,
-        cfg.run.seed,
+        index_dir(cfg, world), world.corpus_dir, tokenizer_dir, cfg.index, cfg.run.seed
     )
     docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
     probe_ids = docs[0]["input_ids"][: cfg.stages.probe_tokens]

@@ -56,6 +56,7 @@ class SampleStream:
         self.log, self.budget, self.poll_s = SampleLog(root), budget, poll_s
         self.index: list[tuple[str, int]] = []  # global position -> (shard, row)
         self.tables: dict = {}
+        self.waited_s = 0.0  # time spent waiting for construction (not busy)
 
     def _refresh(self) -> bool:
         finished = self.log.is_finished()  # read before listing: no commit can be missed
@@ -68,11 +69,15 @@ class SampleStream:
     def wait_for(self, n: int) -> int:
         """Block until n samples exist (capped at the budget) or the log is finished."""
         n = min(n, self.budget)
-        while True:
-            finished = self._refresh()
-            if len(self.index) >= n or finished:
-                return min(len(self.index), self.budget)
-            time.sleep(self.poll_s)
+        start = time.perf_counter()
+        try:
+            while True:
+                finished = self._refresh()
+                if len(self.index) >= n or finished:
+                    return min(len(self.index), self.budget)
+                time.sleep(self.poll_s)
+        finally:
+            self.waited_s += time.perf_counter() - start
 
     def get(self, position: int) -> dict:
         name, row = self.index[position]
@@ -185,6 +190,7 @@ def train_stage_worker(spec_dict: dict) -> None:
 
     stream = SampleStream(Path(spec.sample_log_dir), spec.budget_samples, spec.poll_s)
     step, loss_value = start_step, float("nan")
+    loop_start = time.perf_counter()
     while step < total_steps:
         available = stream.wait_for((step + 1) * per_step)
         if available <= step * per_step:
@@ -217,6 +223,9 @@ def train_stage_worker(spec_dict: dict) -> None:
             _report(step, loss_value, policy, opt, rank)
     if step % spec.checkpoint_every:  # the final position, so a rerun does no new work
         _report(step, loss_value, policy, opt, rank)
+    loop_s = time.perf_counter() - loop_start
+    busy = {"loop_s": loop_s, "waited_s": stream.waited_s, "busy_s": loop_s - stream.waited_s}
+    (Path(spec.ledger_dir) / f"rank{rank}_busy.json").write_text(json.dumps(busy))
     if rank == 0:
         _save_hf(policy, spec)
 

@@ -63,7 +63,12 @@ class HFBackend:
         if config.to_dict() != self.model.config.to_dict():
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             self.model = model.to(self.device).eval()
-        self._load_state_dict(payload["state_dict"])
+        state = payload["state_dict"]
+        if state and isinstance(next(iter(state.values())), tuple):  # NumPy wire format
+            from cluster.transport_object_store import from_wire
+
+            state = from_wire(state)
+        self._load_state_dict(state)
 
     def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         result = self.model.load_state_dict(state, strict=False)

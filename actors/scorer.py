@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,19 @@ class EntropyScorer:
         )
         self.model_dir = str(model_dir)
         self._tokenizer = None
+        self.busy_s = 0.0
 
     def _entropies(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        start = time.perf_counter()
         weight = self.backend.lm_head_weight()
         chunk = self.screen_cfg.lm_head_chunk_tokens
-        return [token_entropies(h, weight, chunk) for h in self.backend.hidden_states(sequences)]
+        out = [token_entropies(h, weight, chunk) for h in self.backend.hidden_states(sequences)]
+        self.busy_s += time.perf_counter() - start
+        return out
+
+    def busy_seconds(self) -> float:
+        """Total time spent scoring: the overlap benchmark's per-actor busy time."""
+        return self.busy_s
 
     def score(self, docs: list[dict]) -> list[dict]:
         """[{doc_id, input_ids}] -> [{doc_id, entropy}]: float32 [T], entropy[0] = NaN."""

@@ -1,12 +1,37 @@
-"""Weights through Ray's object store: put once, every actor reads the same object."""
+"""Weights through Ray's object store: put once, every actor reads the same object.
+
+Tensors travel as NumPy arrays: Ray maps those zero-copy from shared memory into every actor on
+the node, so the only copies are the one `ray.put` and each actor's own copy into its
+parameters. (bfloat16 has no NumPy dtype: it travels as int16 bits and is viewed back.)
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import ray
+import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
+
+
+def to_wire(state: dict[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, str]]:
+    out = {}
+    for name, t in state.items():
+        t = t.detach().cpu().contiguous()
+        bits = t.view(torch.int16) if t.dtype == torch.bfloat16 else t
+        out[name] = (bits.numpy(), str(t.dtype).removeprefix("torch."))
+    return out
+
+
+def from_wire(wire: dict[str, tuple[np.ndarray, str]]) -> dict[str, torch.Tensor]:
+    """Tensors viewing the (read-only, shared) arrays: no copy until load_state_dict."""
+    out = {}
+    for name, (array, dtype) in wire.items():
+        t = torch.from_numpy(array)
+        out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
+    return out
 
 
 def load_policy_payload(model_dir: Path) -> dict:
@@ -21,5 +46,7 @@ class ObjectStoreTransport:
     name = "object_store"
 
     def send(self, model_dir: Path, version: int, actors: list) -> None:
-        ref = ray.put(load_policy_payload(model_dir))  # one copy, shared by all readers
+        payload = load_policy_payload(model_dir)
+        payload["state_dict"] = to_wire(payload["state_dict"])
+        ref = ray.put(payload)  # one copy, shared by all readers
         ray.get([a.load_weights.remote(ref, version) for a in actors])

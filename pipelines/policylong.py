@@ -109,7 +109,10 @@ def run_policylong(cfg: Config) -> dict:
     ]
     retriever = Retriever.from_config(cfg, index.index_dir) if method != "concat" else None
     fillers = FillerPool(index.index_dir, index.manifest["chunk_tables"])
-    broadcasts = []
+    broadcasts, busy = [], {}
+    actors = scorers + verifiers
+    actor_names = [f"scorer{i}" for i in range(len(scorers))]
+    actor_names += [f"verifier{i}" for i in range(len(verifiers))]
 
     for k in range(first, len(cfg.stages.seq_lens)):
         seq_len, theta = cfg.stages.seq_lens[k], cfg.stages.rope_thetas[k]
@@ -145,6 +148,7 @@ def run_policylong(cfg: Config) -> dict:
             name=f"construct-stage-{k}",
         )
         started = time.time()
+        busy_before = busy if k > first else {}
         construction.start()
         spec = StageTrainSpec(
             stage=k,
@@ -166,6 +170,9 @@ def run_policylong(cfg: Config) -> dict:
             cfg.cluster.gpus_per_train_worker,
         )
         construction.join()
+        busy = dict(
+            zip(actor_names, ray.get([a.busy_seconds.remote() for a in actors]), strict=True)
+        )
         manifest = {
             "stage": k,
             "seq_len": seq_len,
@@ -175,13 +182,18 @@ def run_policylong(cfg: Config) -> dict:
             "model_dir": spec.out_model_dir,
             "construction": result,
             "wall_s": time.time() - started,
+            "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
+            "train_busy_s": [
+                json.loads(f.read_text())["busy_s"]
+                for f in sorted((sdir / "train").glob("rank*_busy.json"))
+            ],
         }
         (sdir / "stage_manifest.json").write_text(json.dumps(manifest, indent=2))
         policy_dir, version = Path(spec.out_model_dir), k + 1
         if on_policy:
             actor_version = version
 
-    for actor in scorers + verifiers:
+    for actor in actors:
         ray.kill(actor)
     if retriever is not None:
         retriever.close()

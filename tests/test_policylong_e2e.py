@@ -19,7 +19,9 @@ E2E_OVERRIDES = [
     "stages.seq_lens=[512, 1024]",
     "stages.rope_thetas=[20000.0, 80000.0]",
     "stages.tokens_per_stage=12288",  # 24 samples at 512, 12 at 1024
-    "stages.seed_docs_per_stage=64",
+    "stages.seed_docs_per_stage=96",
+    "verify.tau_pos=0.005",
+    "verify.tau_neg=0.0",
     "screen.batch_docs=4",
     "cluster.num_train_workers=2",
 ]
@@ -45,12 +47,13 @@ def _ledger(cfg, k: int) -> list[dict]:
     return rows
 
 
+def _samples(cfg, k: int, columns: list[str] | None = None) -> list[dict]:
+    files = sorted((stage_dir(cfg, k) / "samples").glob("shard-*.parquet"))
+    return [row for f in files for row in pq.read_table(f, columns=columns).to_pylist()]
+
+
 def _logged_ids(cfg, k: int) -> list[str]:
-    samples = stage_dir(cfg, k) / "samples"
-    files = sorted(samples.glob("shard-*.parquet"))
-    return [
-        i for f in files for i in pq.read_table(f, columns=["sample_id"])["sample_id"].to_pylist()
-    ]
+    return [row["sample_id"] for row in _samples(cfg, k, ["sample_id"])]
 
 
 def test_every_logged_sample_is_trained_exactly_once(e2e):
@@ -77,8 +80,7 @@ def test_stage_two_actors_hold_the_stage_one_checkpoint(e2e):
     assert sync["probe_max_diff"] <= 1e-4
     manifest = json.loads((stage_dir(cfg, 1) / "stage_manifest.json").read_text())
     assert manifest["policy_version_used"] == 1
-    samples = pq.read_table(stage_dir(cfg, 1) / "samples", columns=["policy_version"])
-    assert set(samples["policy_version"].to_pylist()) == {1}
+    assert {row["policy_version"] for row in _samples(cfg, 1, ["policy_version"])} == {1}
 
 
 def test_stage_checkpoints_load_with_raised_rope_base(e2e):
@@ -93,8 +95,7 @@ def test_stage_checkpoints_load_with_raised_rope_base(e2e):
 def test_samples_are_exact_length_with_verified_positives(e2e):
     cfg, _ = e2e
     for k, seq_len in enumerate([512, 1024]):
-        table = pq.read_table(stage_dir(cfg, k) / "samples").to_pylist()
-        for row in table:
+        for row in _samples(cfg, k):
             assert len(row["input_ids"]) == seq_len
             roles = [s["role"] for s in row["segments"]]
             assert roles[-1] == "document" and "positive" in roles

@@ -1,0 +1,102 @@
+"""A construction killed mid-stage and rerun commits exactly what an uninterrupted one does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import construct
+from pipelines.config import load_config
+from pipelines.sample_log import SampleLog
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stage_ctx(test_config, tiny_world, ray_local):
+    from actors.scorer import create_scorers
+    from actors.verifier import create_verifiers
+    from pipelines.build_index import build_index
+    from pipelines.ingest import read_docs
+    from pipelines.policylong import index_dir, seed_share
+    from pipelines.retrieve import Retriever
+    from pipelines.screen import tokenize_docs
+    from pipelines.tokenizer import load_tokenizer
+
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / "test.yaml",
+        [
+            f"run.output_dir={test_config.run.output_dir}",
+            f"run.cache_dir={test_config.run.cache_dir}",
+            "run.name=resume",
+            "screen.batch_docs=3",
+            "stages.batches_in_flight=2",
+            # The test base barely uses context (see the issue notes): low thresholds give data.
+            "verify.tau_pos=0.005",
+            "verify.tau_neg=0.0",
+        ],
+    )
+    tok = load_tokenizer(tiny_world.model_dir)
+    index = build_index(
+        index_dir(cfg, tiny_world), tiny_world.corpus_dir, tiny_world.model_dir, cfg.index
+    )
+    docs = tokenize_docs(tok, read_docs(tiny_world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
+    scorers = create_scorers(cfg, tiny_world.model_dir)
+    verifiers = create_verifiers(cfg, tiny_world.model_dir)
+    retriever = Retriever.from_config(cfg, index.index_dir)
+    fillers = construct.FillerPool(index.index_dir, index.manifest["chunk_tables"])
+
+    def make(stage_dir: Path) -> construct.StageContext:
+        return construct.StageContext(
+            cfg, 0, 512, 0, stage_dir, scorers, verifiers, retriever, tok, fillers
+        )
+
+    yield make, seed_share(cfg, docs, 0)[:24]
+    retriever.close()
+    for a in scorers + verifiers:
+        ray_local.kill(a)
+
+
+def _ids(stage_dir: Path) -> list[str]:
+    log = SampleLog(stage_dir / "samples")
+    return [i for c in log.commits() for i in log.read(c.name)["sample_id"].to_pylist()]
+
+
+def test_killed_and_rerun_stage_commits_the_same_samples(stage_ctx, tmp_path, monkeypatch):
+    make, seeds = stage_ctx
+    budget = 6
+    clean = make(tmp_path / "clean")
+    construct.construct_stage(clean, seeds, budget)
+    expected = _ids(tmp_path / "clean")
+    assert len(expected) == budget
+
+    real = construct.process_batch
+    calls = []
+
+    def dies_on_third_batch(ctx, index, docs, counts):
+        calls.append(index)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed mid-stage")  # what a killed driver leaves behind
+        return real(ctx, index, docs, counts)
+
+    monkeypatch.setattr(construct, "process_batch", dies_on_third_batch)
+    killed = make(tmp_path / "killed")
+    with pytest.raises(KeyboardInterrupt):
+        construct.construct_stage(killed, seeds, budget)
+    assert not SampleLog(tmp_path / "killed" / "samples").is_finished()
+    partial = _ids(tmp_path / "killed")
+    assert len(partial) < budget  # it really stopped part-way ...
+    assert SampleLog(tmp_path / "killed" / "samples").commits()  # ... after committing some
+
+    monkeypatch.setattr(construct, "process_batch", real)
+    construct.construct_stage(killed, seeds, budget)
+    again = _ids(tmp_path / "killed")
+    assert again == expected
+    assert len(set(again)) == len(again)
+    manifest = SampleLog(tmp_path / "killed" / "samples").manifest()
+    assert manifest["samples"] == budget
+    shards = sorted((tmp_path / "killed" / "samples").glob("shard-*.parquet"))
+    lengths = [len(x) for f in shards for x in pq.read_table(f)["input_ids"].to_pylist()]
+    assert lengths == [512] * budget

@@ -61,6 +61,10 @@ class Verifier:
         finally:
             self.busy_s += time.perf_counter() - start
 
+    def verify_many(self, items: list[tuple[dict, list[dict]]]) -> list[list[dict]]:
+        """verify() for every (doc, candidates) pair of a batch: one actor call per batch."""
+        return [self.verify(doc, cands) if cands else [] for doc, cands in items]
+
     def busy_seconds(self) -> float:
         """Total time spent verifying: the overlap benchmark's per-actor busy time."""
         return self.busy_s

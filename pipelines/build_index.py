@@ -218,6 +218,14 @@ def _write_index(tmp: Path, chunks: pa.Table, vectors: np.ndarray, cfg: IndexSec
     return shards, files
 
 
+def index_docs(corpus_dir: Path, cfg: IndexSection):
+    """The documents that become retrievable chunks (Arrow table, doc_id order)."""
+    docs = read_docs(corpus_dir, None if cfg.source_split == "all" else cfg.source_split)
+    if cfg.max_docs:  # a deterministic subset (docs are in doc_id order) for quick runs
+        docs = docs.slice(0, cfg.max_docs)
+    return docs
+
+
 def build_index(
     index_dir: Path,
     corpus_dir: Path,
@@ -227,9 +235,7 @@ def build_index(
 ) -> IndexBuild:
     """Build (or reuse) the index of `corpus_dir` chunked with the tokenizer in `tokenizer_dir`."""
     index_dir, tokenizer_dir = Path(index_dir), Path(tokenizer_dir)
-    docs = read_docs(corpus_dir, None if cfg.source_split == "all" else cfg.source_split)
-    if cfg.max_docs:  # a deterministic subset (docs are in doc_id order) for quick runs
-        docs = docs.slice(0, cfg.max_docs)
+    docs = index_docs(corpus_dir, cfg)
     key = build_key(docs["doc_id"].to_pylist(), tokenizer_dir, cfg)
     if index_dir.exists():
         old = read_manifest(index_dir)

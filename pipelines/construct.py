@@ -104,21 +104,28 @@ class StageContext:
     fillers: FillerPool
 
 
-def _candidates(ctx: StageContext, row: dict) -> list[dict]:
-    """Retrieve top-k chunks for each selected position; one candidate per distinct chunk."""
-    if not row["positions"]:
-        return []
-    hits = ctx.retriever.search(row["queries"], [row["doc_id"]] * len(row["queries"]))
-    merged: dict[str, dict] = {}
-    for pos, pos_hits in zip(row["positions"], hits, strict=True):
-        for h in pos_hits:
-            c = merged.setdefault(h.chunk_id, {"chunk_id": h.chunk_id, "positions": []})
-            c["similarity"] = max(c.get("similarity", -1.0), h.score)
-            c["positions"].append(pos)
-    chunks = ctx.retriever.get_chunks(list(merged))
-    for c, chunk in zip(merged.values(), chunks, strict=True):
-        c["input_ids"] = chunk["input_ids"]
-    return list(merged.values())
+def _candidates(ctx: StageContext, rows: list[dict]) -> list[list[dict]]:
+    """Top-k chunks for every selected position of every row (one search and one chunk fetch
+    for the whole batch); per row one candidate per distinct chunk, with the positions it was
+    retrieved for and its best similarity."""
+    queries = [q for row in rows for q in row["queries"]]
+    owners = [row["doc_id"] for row in rows for _ in row["queries"]]
+    hits = iter(ctx.retriever.search(queries, owners) if queries else [])
+    per_row: list[dict[str, dict]] = []
+    for row in rows:
+        merged: dict[str, dict] = {}
+        for pos in row["positions"]:
+            for h in next(hits):
+                c = merged.setdefault(h.chunk_id, {"chunk_id": h.chunk_id, "positions": []})
+                c["similarity"] = max(c.get("similarity", -1.0), h.score)
+                c["positions"].append(pos)
+        per_row.append(merged)
+    wanted = sorted({cid for merged in per_row for cid in merged})
+    tokens = {c["chunk_id"]: c["input_ids"] for c in ctx.retriever.get_chunks(wanted)}
+    for merged in per_row:
+        for cid, c in merged.items():
+            c["input_ids"] = tokens[cid]
+    return [list(merged.values()) for merged in per_row]
 
 
 def _nextlong_candidates(ctx: StageContext, doc: dict) -> list[dict]:
@@ -163,32 +170,36 @@ def process_batch(
     samples, cand_rows, screen_rows = [], [], []
     scorer = ctx.scorers[batch_index % len(ctx.scorers)]
     verifier = ctx.verifiers[batch_index % len(ctx.verifiers)] if ctx.verifiers else None
-    scored = ray.get(scorer.score.remote(docs)) if method in ("policylong", "entropylong") else []
+    verified: list[list[dict]] = [[] for _ in docs]
+    positions_of: list[list[int]] = [[] for _ in docs]
+    if method in ("policylong", "entropylong"):
+        scored = ray.get(scorer.score.remote(docs))
+        rows = [
+            screen_row(d["doc_id"], d["input_ids"], s["entropy"], ctx.tokenizer, cfg)
+            for d, s in zip(docs, scored, strict=True)
+        ]
+        screen_rows = [
+            row | {"entropy": s["entropy"].tolist(), "policy_version": ctx.policy_version}
+            for row, s in zip(rows, scored, strict=True)
+        ]
+        cands = _candidates(ctx, rows)
+        items = [(d | row, c) for d, row, c in zip(docs, rows, cands, strict=True)]
+        verified = ray.get(verifier.verify_many.remote(items))
+        positions_of = [row["positions"] for row in rows]
+        tokens_of = [{c["chunk_id"]: c["input_ids"] for c in cs} for cs in cands]
+    elif method == "nextlong":
+        verified = [_nextlong_candidates(ctx, doc) for doc in docs]
+        tokens_of = [{c["chunk_id"]: c["input_ids"] for c in cs} for cs in verified]
+    else:
+        tokens_of = [{} for _ in docs]
     for i, doc in enumerate(docs):
         positives: list[Piece] = []
         negatives: list[Piece] = []
-        positions: list[int] = []
-        if scored:
-            row = screen_row(
-                doc["doc_id"], doc["input_ids"], scored[i]["entropy"], ctx.tokenizer, cfg
-            )
-            screen_rows.append(
-                row
-                | {"entropy": scored[i]["entropy"].tolist(), "policy_version": ctx.policy_version}
-            )
-            positions = row["positions"]
-            cands = _candidates(ctx, row)
-            results = ray.get(verifier.verify.remote(doc | row, cands)) if cands else []
-            by_id = {c["chunk_id"]: c for c in cands}
-        elif method == "nextlong":
-            results = _nextlong_candidates(ctx, doc)
-            by_id = {c["chunk_id"]: c for c in results}
-        else:
-            results, by_id = [], {}
+        positions, results, by_id = positions_of[i], verified[i], tokens_of[i]
         for res in results:
             piece = Piece(
                 res["chunk_id"],
-                by_id[res["chunk_id"]]["input_ids"],
+                by_id[res["chunk_id"]],
                 res["label"],
                 res["r"],
                 res["similarity"],

@@ -47,13 +47,9 @@ def seed_share(cfg: Config, docs: list[dict], k: int) -> list[dict]:
 def index_dir(cfg: Config, world) -> Path:
     """The index lives in the content-addressed cache: runs over the same corpus, tokenizer and
     index config share it (embedding is the slowest part of a small run)."""
-    from pipelines.build_index import build_key
-    from pipelines.ingest import read_docs
+    from pipelines.build_index import build_key, index_docs
 
-    split = None if cfg.index.source_split == "all" else cfg.index.source_split
-    doc_ids = read_docs(world.corpus_dir, split)["doc_id"].to_pylist()
-    if cfg.index.max_docs:
-        doc_ids = doc_ids[: cfg.index.max_docs]
+    doc_ids = index_docs(world.corpus_dir, cfg.index)["doc_id"].to_pylist()
     key = build_key(doc_ids, Path(cfg.tokenizer.path or world.model_dir), cfg.index)
     return Path(cfg.run.cache_dir) / f"index-{key}"
 

@@ -39,6 +39,8 @@ def stage_summary(stage_dir: Path) -> dict:
     if manifest.exists():
         m = json.loads(manifest.read_text())
         summary |= {"samples": m["samples"], "tokens": m["tokens"], **m.get("counts", {})}
+        if summary.get("documents"):
+            summary["positives_per_document"] = summary["positives"] / summary["documents"]
     screen = _read_dir(stage_dir / "screen", ["entropy_mean"])
     if screen:
         summary["mean_token_entropy"] = float(np.nanmean(screen["entropy_mean"]))
@@ -126,8 +128,8 @@ def _plot_curriculum(run_dir: Path, rows: list[dict]) -> str:
     x = range(len(rows))
     for ax, key, title in zip(
         axes,
-        ["mean_token_entropy", "r_mean", "positives"],
-        ["mean token entropy", "mean r of candidates", "verified positives"],
+        ["mean_token_entropy", "r_mean", "positives_per_document"],
+        ["mean token entropy", "mean r of candidates", "verified positives per document"],
         strict=True,
     ):
         ax.plot(x, [row.get(key, np.nan) for row in rows], marker="o")

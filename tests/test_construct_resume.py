@@ -53,7 +53,7 @@ def stage_ctx(test_config, tiny_world, ray_local):
             cfg, 0, 512, 0, stage_dir, scorers, verifiers, retriever, tok, fillers
         )
 
-    yield make, seed_share(cfg, docs, 0)[:24]
+    yield make, seed_share(cfg, docs, 0)[:48]
     retriever.close()
     for a in scorers + verifiers:
         ray_local.kill(a)
@@ -66,7 +66,7 @@ def _ids(stage_dir: Path) -> list[str]:
 
 def test_killed_and_rerun_stage_commits_the_same_samples(stage_ctx, tmp_path, monkeypatch):
     make, seeds = stage_ctx
-    budget = 6
+    budget = 4
     clean = make(tmp_path / "clean")
     construct.construct_stage(clean, seeds, budget)
     expected = _ids(tmp_path / "clean")

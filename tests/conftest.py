@@ -22,15 +22,26 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
-def test_config(tmp_path_factory):
-    """The test profile writing under a temp dir; the base-model cache is shared (keyed)."""
+def runs_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def load_test_profile(runs_dir):
+    """configs/test.yaml writing under a temp dir, plus overrides; the content-addressed cache
+    (base model, index) is shared with other runs."""
     from pipelines.config import load_config
 
-    out = tmp_path_factory.mktemp("runs")
-    return load_config(
-        REPO / "configs" / "test.yaml",
-        [f"run.output_dir={out}", f"run.cache_dir={REPO / 'runs' / 'cache'}"],
-    )
+    def load(*overrides: str):
+        dirs = [f"run.output_dir={runs_dir}", f"run.cache_dir={REPO / 'runs' / 'cache'}"]
+        return load_config(REPO / "configs" / "test.yaml", dirs + list(overrides))
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def test_config(load_test_profile):
+    return load_test_profile()
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import construct
-from pipelines.config import load_config
 from pipelines.sample_log import SampleLog
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def stage_ctx(test_config, tiny_world, ray_local):
+def stage_ctx(load_test_profile, tiny_world, ray_local):
     from actors.scorer import create_scorers
     from actors.verifier import create_verifiers
     from pipelines.build_index import build_index
@@ -25,18 +24,13 @@ def stage_ctx(test_config, tiny_world, ray_local):
     from pipelines.screen import tokenize_docs
     from pipelines.tokenizer import load_tokenizer
 
-    cfg = load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "test.yaml",
-        [
-            f"run.output_dir={test_config.run.output_dir}",
-            f"run.cache_dir={test_config.run.cache_dir}",
-            "run.name=resume",
-            "screen.batch_docs=3",
-            "stages.batches_in_flight=2",
-            # The test base barely uses context (see the issue notes): low thresholds give data.
-            "verify.tau_pos=0.005",
-            "verify.tau_neg=0.0",
-        ],
+    cfg = load_test_profile(
+        "run.name=resume",
+        "screen.batch_docs=3",
+        "stages.batches_in_flight=2",
+        # The test base barely uses context (see the issue notes): low thresholds give data.
+        "verify.tau_pos=0.005",
+        "verify.tau_neg=0.0",
     )
     tok = load_tokenizer(tiny_world.model_dir)
     index = build_index(

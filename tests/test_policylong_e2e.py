@@ -8,7 +8,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
 from pipelines.policylong import run_policylong, stage_dir
 
 pytestmark = pytest.mark.slow
@@ -28,15 +27,8 @@ E2E_OVERRIDES = [
 
 
 @pytest.fixture(scope="module")
-def e2e(test_config, tiny_world, ray_local):
-    cfg = load_config(
-        Path(__file__).resolve().parents[1] / "configs" / "test.yaml",
-        [
-            f"run.output_dir={test_config.run.output_dir}",
-            f"run.cache_dir={test_config.run.cache_dir}",
-        ]
-        + E2E_OVERRIDES,
-    )
+def e2e(load_test_profile, tiny_world, ray_local):
+    cfg = load_test_profile(*E2E_OVERRIDES)
     return cfg, run_policylong(cfg)
 
 

@@ -35,7 +35,11 @@ def bench_stage(config: str, out_dir: str) -> dict:
             "run.name=bench-stage",
             "stages.seq_lens=[512]",
             "stages.rope_thetas=[20000.0]",
-            "stages.tokens_per_stage=8192",
+            "stages.tokens_per_stage=16384",
+            "stages.seed_docs_per_stage=160",
+            # The small bases barely use context: demo thresholds, as in configs/tiny.yaml.
+            "verify.tau_pos=0.005",
+            "verify.tau_neg=0.0",
         ],
     )
     run_policylong(cfg)

@@ -226,6 +226,14 @@ def index_docs(corpus_dir: Path, cfg: IndexSection):
     return docs
 
 
+def cached_index_dir(cfg: Config, corpus_dir: Path, tokenizer_dir: Path) -> Path:
+    """Where the index of these inputs lives: the content-addressed cache, so every run and
+    command over the same corpus, tokenizer and index config shares one build (embedding is the
+    slowest part of a small run)."""
+    doc_ids = index_docs(corpus_dir, cfg.index)["doc_id"].to_pylist()
+    return Path(cfg.run.cache_dir) / f"index-{build_key(doc_ids, tokenizer_dir, cfg.index)}"
+
+
 def build_index(
     index_dir: Path,
     corpus_dir: Path,
@@ -303,16 +311,17 @@ def _swap_into_place(tmp: Path, index_dir: Path) -> None:
 
 
 def cmd_build_index(cfg: Config, args: argparse.Namespace) -> None:
-    """`policylong build-index`: chunk, embed and index the corpus under run_dir/index."""
+    """`policylong build-index`: chunk, embed and index the corpus into the shared cache."""
     from cluster.runtime import init_ray
     from pipelines.world import ensure_world
 
     init_ray(cfg.cluster)
     world = ensure_world(cfg)
+    tokenizer_dir = Path(cfg.tokenizer.path or world.model_dir)
     result = build_index(
-        cfg.run_dir / "index",
+        cached_index_dir(cfg, world.corpus_dir, tokenizer_dir),
         world.corpus_dir,
-        Path(cfg.tokenizer.path or world.model_dir),
+        tokenizer_dir,
         cfg.index,
         seed=cfg.run.seed,
     )

@@ -46,6 +46,26 @@ def cmd_prepare_base(cfg: Config, args: argparse.Namespace) -> None:
     print(json.dumps({"model_dir": str(world.model_dir), **world.metrics}, indent=2))
 
 
+def cmd_build_index(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.build_index import cmd_build_index as build
+
+    build(cfg, args)
+
+
+def cmd_screen(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.screen import cmd_screen as screen
+
+    screen(cfg, args)
+
+
+def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.report import write_report
+
+    if not (cfg.run_dir / "stages").is_dir():
+        raise UserError(f"no stages under '{cfg.run_dir}': run `policylong run` first")
+    print(f"report: {write_report(cfg.run_dir)}")
+
+
 def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
     from pipelines.run import run
 
@@ -62,13 +82,11 @@ COMMANDS = {
     "ingest": (cmd_ingest, "ingest corpus.source into Parquet document shards"),
     "prepare-base": (cmd_prepare_base, "ingest, train the tokenizer and pretrain (or load) pi_0"),
     "build-index": (
-        lambda c, a: __import__("pipelines.build_index").build_index.cmd_build_index(c, a),
-        "chunk, embed and index the corpus into sharded FAISS files under run_dir/index",
+        cmd_build_index,
+        "chunk, embed and index the corpus into sharded FAISS files (cache_dir/index-<key>)",
     ),
-    "screen": (
-        lambda c, a: __import__("pipelines.screen").screen.cmd_screen(c, a),
-        "screen training documents with pi_0: entropy, positions, queries",
-    ),
+    "screen": (cmd_screen, "screen training documents with pi_0: entropy, positions, queries"),
+    "report": (cmd_report, "rewrite a run's stage summaries, plots and report.md"),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
     "show-config": (cmd_show_config, "print the fully resolved config"),
 }

@@ -44,23 +44,13 @@ def seed_share(cfg: Config, docs: list[dict], k: int) -> list[dict]:
     return [docs[i] for i in np.roll(order, -k * n)[:n]]
 
 
-def index_dir(cfg: Config, world) -> Path:
-    """The index lives in the content-addressed cache: runs over the same corpus, tokenizer and
-    index config share it (embedding is the slowest part of a small run)."""
-    from pipelines.build_index import build_key, index_docs
-
-    doc_ids = index_docs(world.corpus_dir, cfg.index)["doc_id"].to_pylist()
-    key = build_key(doc_ids, Path(cfg.tokenizer.path or world.model_dir), cfg.index)
-    return Path(cfg.run.cache_dir) / f"index-{key}"
-
-
 def run_policylong(cfg: Config) -> dict:
     import ray
 
     from actors.scorer import create_scorers
     from actors.verifier import create_verifiers
     from cluster.weight_sync import broadcast, make_transport
-    from pipelines.build_index import build_index
+    from pipelines.build_index import build_index, cached_index_dir
     from pipelines.construct import FillerPool, StageContext, construct_stage
     from pipelines.ingest import read_docs
     from pipelines.report import write_report
@@ -76,9 +66,8 @@ def run_policylong(cfg: Config) -> dict:
     method = cfg.stages.method
     on_policy = method == "policylong"
     needs_policy = method in ("policylong", "entropylong")
-    index = build_index(
-        index_dir(cfg, world), world.corpus_dir, tokenizer_dir, cfg.index, cfg.run.seed
-    )
+    index_dir = cached_index_dir(cfg, world.corpus_dir, tokenizer_dir)
+    index = build_index(index_dir, world.corpus_dir, tokenizer_dir, cfg.index, cfg.run.seed)
     docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
     probe_ids = docs[0]["input_ids"][: cfg.stages.probe_tokens]
 

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow
 def stage_ctx(load_test_profile, tiny_world, ray_local):
     from actors.scorer import create_scorers
     from actors.verifier import create_verifiers
-    from pipelines.build_index import build_index
+    from pipelines.build_index import build_index, cached_index_dir
     from pipelines.ingest import read_docs
-    from pipelines.policylong import index_dir, seed_share
+    from pipelines.policylong import seed_share
     from pipelines.retrieve import Retriever
     from pipelines.screen import tokenize_docs
     from pipelines.tokenizer import load_tokenizer
@@ -34,7 +34,10 @@ def stage_ctx(load_test_profile, tiny_world, ray_local):
     )
     tok = load_tokenizer(tiny_world.model_dir)
     index = build_index(
-        index_dir(cfg, tiny_world), tiny_world.corpus_dir, tiny_world.model_dir, cfg.index
+        cached_index_dir(cfg, tiny_world.corpus_dir, tiny_world.model_dir),
+        tiny_world.corpus_dir,
+        tiny_world.model_dir,
+        cfg.index,
     )
     docs = tokenize_docs(tok, read_docs(tiny_world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
     scorers = create_scorers(cfg, tiny_world.model_dir)

@@ -17,7 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.retrieval_shard import ShardIndex
-from pipelines.build_index import IndexBuild, build_index, build_key, make_faiss_index, verify_index
+from pipelines.build_index import (
+    IndexBuild,
+    build_index,
+    build_key,
+    cached_index_dir,
+    make_faiss_index,
+    verify_index,
+)
 from pipelines.config import IndexSection, load_config
 from pipelines.errors import UserError
 from pipelines.ingest import read_docs
@@ -28,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 INDEXED_DOCS = 80
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def index_run(test_config, tiny_world, tmp_path_factory):
     """`policylong build-index` on a slice of the test world's documents, with its policy.
 
@@ -57,21 +64,21 @@ def index_run(test_config, tiny_world, tmp_path_factory):
     return argv, cfg
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def built_index(index_run, tiny_world):
     _, cfg = index_run
-    index_dir = cfg.run_dir / "index"
+    index_dir = cached_index_dir(cfg, cfg.run_dir / "corpus", tiny_world.model_dir)
     return IndexBuild(index_dir, verify_index(index_dir), reused=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def retriever(built_index, index_run):
     r = Retriever.from_config(index_run[1], built_index.index_dir)
     yield r
     r.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chunks(built_index):
     shards = built_index.manifest["shards"]
     tables = [pq.read_table(built_index.index_dir / s["chunks_file"]) for s in shards]

@@ -68,10 +68,14 @@ class HFBackend:
             from cluster.transport_object_store import from_wire
 
             state = from_wire(state)
+            # On CPU the parameters become the shared object-store arrays themselves: no copy at
+            # all (scoring never writes a parameter). The object stays pinned while we hold it.
+            self._load_state_dict(state, assign=self.device.type == "cpu")
+            return
         self._load_state_dict(state)
 
-    def _load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        result = self.model.load_state_dict(state, strict=False)
+    def _load_state_dict(self, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+        result = self.model.load_state_dict(state, strict=False, assign=assign)
         tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
         missing = set(result.missing_keys) - tied
         if missing or result.unexpected_keys:

@@ -12,15 +12,12 @@ Only the hidden states at the needed positions go through the lm_head.
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import torch
 
-from actors.backends import make_backend, omp_bind_for
+from actors.policy_holder import PolicyHolder
 from pipelines.config import Config
-from pipelines.entropy import entropies_at, token_entropies
 
 
 def label_of(r: float, tau_pos: float, tau_neg: float) -> str:
@@ -31,48 +28,33 @@ def label_of(r: float, tau_pos: float, tau_neg: float) -> str:
     return "discarded"
 
 
-class Verifier:
+class Verifier(PolicyHolder):
     """Entropy reduction of candidate chunks under the currently loaded policy."""
 
     def __init__(self, cfg: Config, model_dir: str | Path, actor_index: int = 0, version: int = 0):
-        threads = cfg.cluster.torch_threads_per_actor
-        torch.set_num_threads(threads)  # before the engine starts (see actors/scorer.py)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        self.cfg = cfg
-        self.busy_s = 0.0
-        max_len = cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1
-        self.backend = make_backend(
-            cfg.verify.backend,
+        super().__init__(
+            cfg,
             model_dir,
-            cfg.screen,
-            max_model_len=max_len,
-            omp_threads_bind=omp_bind_for(cfg.screen, cfg.cluster.num_scorers + actor_index),
-            device="cuda" if cfg.cluster.gpus_per_verifier > 0 else "cpu",
+            backend=cfg.verify.backend,
+            gpus=cfg.cluster.gpus_per_verifier,
+            # one vLLM core binding per engine on the node: scorers first, then verifiers
+            engine_index=cfg.cluster.num_scorers + actor_index,
             version=version,
+            max_model_len=cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1,
         )
 
     def verify(self, doc: dict, candidates: list[dict]) -> list[dict]:
         """doc: {doc_id, input_ids, positions, position_entropies};
         candidates: [{chunk_id, input_ids, similarity, positions (subset of doc's)}].
         Returns per candidate {chunk_id, r, similarity, label, positions, entropies_with}."""
-        start = time.perf_counter()
-        try:
-            return self._verify(doc, candidates)
-        finally:
-            self.busy_s += time.perf_counter() - start
+        return self.timed(self._verify, doc, candidates)
 
     def verify_many(self, items: list[tuple[dict, list[dict]]]) -> list[list[dict]]:
         """verify() for every (doc, candidates) pair of a batch: one actor call per batch."""
         return [self.verify(doc, cands) if cands else [] for doc, cands in items]
 
-    def busy_seconds(self) -> float:
-        """Total time spent verifying: the overlap benchmark's per-actor busy time."""
-        return self.busy_s
-
     def _verify(self, doc: dict, candidates: list[dict]) -> list[dict]:
         base = dict(zip(doc["positions"], doc["position_entropies"], strict=True))
-        weight = self.backend.lm_head_weight()
-        chunk = self.cfg.screen.lm_head_chunk_tokens
         ids = list(doc["input_ids"])
         out = []
         batch = self.cfg.verify.batch_candidates
@@ -80,9 +62,8 @@ class Verifier:
             group = candidates[start : start + batch]
             # Only the prefix of d up to the last asked position is needed.
             seqs = [list(c["input_ids"]) + ids[: max(c["positions"]) + 1] for c in group]
-            for cand, hidden in zip(group, self.backend.hidden_states(seqs), strict=True):
-                shift = len(cand["input_ids"])
-                with_c = entropies_at(hidden, weight, [shift + t for t in cand["positions"]], chunk)
+            asked = [[len(c["input_ids"]) + t for t in c["positions"]] for c in group]
+            for cand, with_c in zip(group, self.entropies_at(seqs, asked), strict=True):
                 h0 = torch.tensor([base[t] for t in cand["positions"]])
                 r = float(((h0 - with_c) / h0.clamp(min=1e-6)).mean())
                 out.append(
@@ -96,19 +77,6 @@ class Verifier:
                     }
                 )
         return out
-
-    def load_weights(self, source: str | dict, version: int) -> int:
-        self.backend.load_weights(source, version)
-        return self.backend.version
-
-    def policy_version(self) -> int:
-        return self.backend.version
-
-    def probe_entropy(self, input_ids: list[int]) -> list[float]:
-        """Per-token entropies of a fixed probe, t = 1..T-1: compared with the trainer's."""
-        hidden = self.backend.hidden_states([list(input_ids)])[0]
-        weight = self.backend.lm_head_weight()
-        return token_entropies(hidden, weight, self.cfg.screen.lm_head_chunk_tokens)[1:].tolist()
 
 
 def create_verifiers(cfg: Config, model_dir: str | Path, version: int = 0) -> list:

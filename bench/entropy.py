@@ -38,7 +38,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary of the speed/memory model")
     p.add_argument("--hidden", type=int, default=256, help="hidden size of the speed/memory model")
     p.add_argument("--layers", type=int, default=2, help="layers of the speed model body")
-    p.add_argument("--chunk", type=int, default=256, help="lm_head chunk rows")
+    p.add_argument("--chunk", type=int, default=1024, help="rows of h per lm_head tile")
+    p.add_argument("--vocab-tile", type=int, default=2048, help="vocabulary columns per tile")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--speed-tokens", type=int, default=1024, help="sequence length for speed")
     p.add_argument("--mem-lengths", default="1024,4096,16384", help="lengths for memory")
@@ -87,8 +88,8 @@ def _mem_child(args: argparse.Namespace) -> None:
     w = torch.randn(args.vocab, args.hidden, generator=g) * 0.02
     h = torch.randn(t, args.hidden, generator=g)
     if mode == "chunked":
-        token_entropies(h[:8], w, args.chunk)  # compile outside the measurement
-        delta = _peak_rss_delta_mb(lambda: token_entropies(h, w, args.chunk))
+        token_entropies(h[:8], w, args.chunk, args.vocab_tile)  # compile outside the measurement
+        delta = _peak_rss_delta_mb(lambda: token_entropies(h, w, args.chunk, args.vocab_tile))
     else:  # the obvious way: full logits, log_softmax, p * logp
 
         def naive():
@@ -112,6 +113,8 @@ def _mem_in_subprocess(args, mode: str, t: int) -> float:
         str(args.hidden),
         "--chunk",
         str(args.chunk),
+        "--vocab-tile",
+        str(args.vocab_tile),
         "--threads",
         str(args.threads),
     ]
@@ -153,7 +156,9 @@ def _speed(args) -> dict:
 
     @torch.no_grad()
     def entropy_path():
-        return token_entropies(model.model(input_ids=ids).last_hidden_state[0], w, args.chunk)
+        return token_entropies(
+            model.model(input_ids=ids).last_hidden_state[0], w, args.chunk, args.vocab_tile
+        )
 
     @torch.no_grad()
     def forward_logits():
@@ -163,7 +168,9 @@ def _speed(args) -> dict:
         h = model.model(input_ids=ids).last_hidden_state[0]
     t_ent = _best_time(entropy_path, args.repeats)
     t_fwd = _best_time(forward_logits, args.repeats)
-    t_head_ent = _best_time(lambda: token_entropies(h, w, args.chunk), args.repeats)
+    t_head_ent = _best_time(
+        lambda: token_entropies(h, w, args.chunk, args.vocab_tile), args.repeats
+    )
     t_head_mm = _best_time(lambda: h @ w.T, args.repeats)
     n = args.speed_tokens
     return {
@@ -203,7 +210,7 @@ def _parity(args) -> dict:
     diffs = []
     for backend_pair in zip(hf.hidden_states(seqs), vllm.hidden_states(seqs), strict=True):
         a, b = (
-            token_entropies(h, w, args.chunk)
+            token_entropies(h, w, args.chunk, args.vocab_tile)
             for h, w in zip(backend_pair, (hf.lm_head_weight(), vllm.lm_head_weight()), strict=True)
         )
         diffs.append(float((a[1:] - b[1:]).abs().max()))
@@ -240,6 +247,7 @@ def main() -> None:
         "vocab": args.vocab,
         "hidden": args.hidden,
         "chunk": args.chunk,
+        "vocab_tile": args.vocab_tile,
         "threads": args.threads,
         "speed_tokens": args.speed_tokens,
     }

@@ -1,12 +1,14 @@
 """Weights through Ray's object store: put once, every actor reads the same object.
 
 Tensors travel as NumPy arrays: Ray maps those zero-copy from shared memory into every actor on
-the node, so the only copies are the one `ray.put` and each actor's own copy into its
-parameters. (bfloat16 has no NumPy dtype: it travels as int16 bits and is viewed back.)
+the node, so the only copy is the one `ray.put`: a CPU actor adopts the shared arrays as its
+parameters (actors/hf_backend.py), a GPU actor copies them to its device. (bfloat16 has no NumPy
+dtype: it travels as int16 bits and is viewed back.)
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,13 @@ def to_wire(state: dict[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, str]]
 
 
 def from_wire(wire: dict[str, tuple[np.ndarray, str]]) -> dict[str, torch.Tensor]:
-    """Tensors viewing the (read-only, shared) arrays: no copy until load_state_dict."""
+    """Tensors viewing the (read-only, shared) arrays: no copy."""
     out = {}
-    for name, (array, dtype) in wire.items():
-        t = torch.from_numpy(array)
-        out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
+    with warnings.catch_warnings():  # read-only on purpose: the policy is never written here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for name, (array, dtype) in wire.items():
+            t = torch.from_numpy(array)
+            out[name] = t.view(torch.bfloat16) if dtype == "bfloat16" else t
     return out
 
 
@@ -46,7 +50,10 @@ class ObjectStoreTransport:
     name = "object_store"
 
     def send(self, model_dir: Path, version: int, actors: list) -> None:
-        payload = load_policy_payload(model_dir)
-        payload["state_dict"] = to_wire(payload["state_dict"])
-        ref = ray.put(payload)  # one copy, shared by all readers
+        self.send_payload(load_policy_payload(model_dir), version, actors)
+
+    def send_payload(self, payload: dict, version: int, actors: list) -> None:
+        """{config, state_dict} already in memory (e.g. straight from the trainer)."""
+        wire = {"config": payload["config"], "state_dict": to_wire(payload["state_dict"])}
+        ref = ray.put(wire)  # the one copy, shared by all readers on the node
         ray.get([a.load_weights.remote(ref, version) for a in actors])

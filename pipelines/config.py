@@ -114,7 +114,10 @@ class ScreenSection:
     min_gap: int = field(default=64, metadata=_r(1))
     min_context: int = field(default=32, metadata=_r(0))
     query_tokens: int = field(default=256, metadata=_r(1))
-    lm_head_chunk_tokens: int = field(default=256, metadata=_r(1))  # rows of h per lm_head chunk
+    # Exact entropy tiles (pipelines/entropy.py): rows of h x vocabulary columns per lm_head matmul;
+    # a tile should fit in cache (1024 x 2048 float32 = 8 MB).
+    lm_head_chunk_tokens: int = field(default=1024, metadata=_r(1))
+    lm_head_vocab_tile: int = field(default=2048, metadata=_r(1))
     max_doc_tokens: int = field(default=2048, metadata=_r(16))
     batch_docs: int = field(default=8, metadata=_r(1))
     vllm_memory_utilization: float = field(default=0.2, metadata=_r(0.01, 1.0))  # share of RAM

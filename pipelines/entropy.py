@@ -4,11 +4,16 @@ Alignment (the whole system relies on it): for a sequence x_0..x_{T-1} with fina
 h_0..h_{T-1}, `out[t] = H(x_t | x_<t)`, computed from h_{t-1}; `out[0]` is NaN (nothing predicts
 the first token).
 
-Speed (shared/DESIGN.md, "Entropy speed"): rows are processed in chunks of `chunk_tokens`; each
-chunk's entropy is written as H = log s - sum(e * (z - m)) / s with m = max z, e = exp(z - m),
-s = sum e, and that function is wrapped in `torch.compile` so the element-wise passes fuse behind
-the matmul (0.89x of a bare `h @ W.T` on 2 CPU cores). If compilation fails the eager version runs
-(logged once). Peak extra memory is one chunk of logits (plus its exp), flat in T.
+Speed (shared/DESIGN.md, "Entropy speed"): the logits are never held whole, not even per row
+block. Rows come in blocks of `chunk_tokens`; for each block the vocabulary is walked in tiles of
+`vocab_tile` columns and an *online* softmax-entropy is kept per row, like flash-attention's
+running max: m = max z so far, s = sum e^(z-m), u = sum e^(z-m) (z-m); a new tile with max m'
+rescales both by e^(m-m') (u also gains (m-m') s) and adds its own terms. At the end
+H = log s - u / s, relative to m, so no large numbers cancel. A tile (e.g. 1024 x 2048 floats,
+8 MB) stays in cache between the matmul that writes it and the fused update that reads it, so the
+exact entropy costs *less* than a plain forward writing T x V logits to memory (bench/entropy.py).
+The update is wrapped in `torch.compile` (one fused kernel); if compilation fails the eager version
+runs (logged once). Peak extra memory is one tile, flat in T and in V.
 """
 
 from __future__ import annotations
@@ -21,60 +26,79 @@ import torch
 
 log = logging.getLogger(__name__)
 
-
-def _chunk_entropy_eager(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(h @ w.T) per row; h [c, d], w [V, d] -> [c]."""
-    z = h @ w.T
-    z = z - z.amax(dim=-1, keepdim=True)
-    e = z.exp()
-    s = e.sum(dim=-1)
-    return s.log() - (e * z).sum(dim=-1) / s
+Stats = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-_compiled: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+def _online_update_eager(
+    z: torch.Tensor, m: torch.Tensor, s: torch.Tensor, u: torch.Tensor
+) -> Stats:
+    """Fold one logits tile z [r, v] into the running (max, sum of exp, sum of exp * shifted z)."""
+    m_new = torch.maximum(m, z.amax(dim=-1))
+    scale = torch.exp(m - m_new)
+    zc = z - m_new[:, None]
+    e = zc.exp()
+    s_new = scale * s + e.sum(dim=-1)
+    u_new = scale * (u + (m - m_new) * s) + (e * zc).sum(dim=-1)
+    return m_new, s_new, u_new
+
+
+_compiled: Callable[..., Stats] | None = None
 _compile_failed = False
 _compile_lock = threading.Lock()
 
 
-def _chunk_entropy(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The compiled per-chunk entropy, falling back to eager for good if compilation fails."""
+def _online_update(z: torch.Tensor, m: torch.Tensor, s: torch.Tensor, u: torch.Tensor) -> Stats:
+    """The compiled update, falling back to eager for good if compilation fails."""
     global _compiled, _compile_failed
     if _compile_failed:
-        return _chunk_entropy_eager(h, w)
+        return _online_update_eager(z, m, s, u)
     with _compile_lock:
         if _compiled is None:
-            # dynamic=True: the last chunk of every document has another row count; one graph
-            # serves all of them instead of a recompile per length.
-            _compiled = torch.compile(_chunk_entropy_eager, dynamic=True)
+            # dynamic=True: the last row block and the last vocab tile have other sizes; one graph
+            # serves all of them instead of a recompile per shape.
+            _compiled = torch.compile(_online_update_eager, dynamic=True)
     try:
-        return _compiled(h, w)
+        return _compiled(z, m, s, u)
     except Exception as e:  # noqa: BLE001 - any compiler/toolchain failure -> eager
         _compile_failed = True
-        log.warning("torch.compile of the entropy chunk failed (%s); using eager", e)
-        return _chunk_entropy_eager(h, w)
+        log.warning("torch.compile of the entropy update failed (%s); using eager", e)
+        return _online_update_eager(z, m, s, u)
+
+
+def _block_entropy(rows: torch.Tensor, weight: torch.Tensor, vocab_tile: int) -> torch.Tensor:
+    """Entropy of softmax(rows @ weight.T) per row, walking the vocabulary tile by tile."""
+    m = s = u = torch.empty(0)
+    for v0 in range(0, weight.shape[0], vocab_tile):
+        # float32 logits even for a bf16 model: entropy differences of 1e-4 must survive.
+        z = rows @ weight[v0 : v0 + vocab_tile].float().T
+        if v0 == 0:  # start from the first tile's max: no -inf * 0 in the rescale
+            m, s, u = z.amax(dim=-1), torch.zeros_like(z[:, 0]), torch.zeros_like(z[:, 0])
+        m, s, u = _online_update(z, m, s, u)
+    return s.log() - u / s
 
 
 @torch.no_grad()
 def entropies_of_rows(
-    hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int
+    hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int, vocab_tile: int = 2048
 ) -> torch.Tensor:
     """Entropy of the next-token distribution predicted by each row of `hidden` ([N, d] -> [N])."""
-    if chunk_tokens < 1:
-        raise ValueError("chunk_tokens must be >= 1")
+    if chunk_tokens < 1 or vocab_tile < 1:
+        raise ValueError("chunk_tokens and vocab_tile must be >= 1")
     hidden = hidden.float()
-    weight = weight.float()
-    out = torch.empty(hidden.shape[0], dtype=torch.float32)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_tokens):
         rows = hidden[start : start + chunk_tokens].contiguous()
-        out[start : start + rows.shape[0]] = _chunk_entropy(rows, weight)
+        out[start : start + rows.shape[0]] = _block_entropy(rows, weight, vocab_tile)
     return out
 
 
-def token_entropies(hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int) -> torch.Tensor:
+def token_entropies(
+    hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int, vocab_tile: int = 2048
+) -> torch.Tensor:
     """[T, d] hidden states, [V, d] lm_head -> [T] with out[t] = H(x_t | x_<t), out[0] = NaN."""
-    out = torch.full((hidden.shape[0],), float("nan"), dtype=torch.float32)
+    out = torch.full((hidden.shape[0],), float("nan"), dtype=torch.float32, device=hidden.device)
     if hidden.shape[0] > 1:
-        out[1:] = entropies_of_rows(hidden[:-1], weight, chunk_tokens)
+        out[1:] = entropies_of_rows(hidden[:-1], weight, chunk_tokens, vocab_tile)
     return out
 
 
@@ -83,12 +107,13 @@ def entropies_at(
     weight: torch.Tensor,
     positions: Sequence[int] | torch.Tensor,
     chunk_tokens: int = 256,
+    vocab_tile: int = 2048,
 ) -> torch.Tensor:
     """H(x_t | x_<t) only at the given positions t (each 1 <= t < T); same alignment."""
     pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
     if pos.numel() and (int(pos.min()) < 1 or int(pos.max()) >= hidden.shape[0]):
         raise ValueError(f"positions must lie in [1, {hidden.shape[0] - 1}], got {pos.tolist()}")
-    return entropies_of_rows(hidden[pos - 1], weight, chunk_tokens)
+    return entropies_of_rows(hidden[pos - 1], weight, chunk_tokens, vocab_tile)
 
 
 @torch.no_grad()

@@ -147,6 +147,8 @@ def run_policylong(cfg: Config) -> dict:
             train=asdict(cfg.train),
             threads=cfg.cluster.torch_threads_per_actor,
             probe_ids=probe_ids,
+            lm_head_chunk_tokens=cfg.screen.lm_head_chunk_tokens,
+            lm_head_vocab_tile=cfg.screen.lm_head_vocab_tile,
         )
         train_stage(
             spec,

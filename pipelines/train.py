@@ -47,6 +47,8 @@ class StageTrainSpec:
     poll_s: float = 0.5
     checkpoint_every: int = 5
     probe_ids: list[int] | None = None  # fixed probe: its entropies prove the broadcast
+    lm_head_chunk_tokens: int = 1024  # entropy tiling of the probe (screen.lm_head_*)
+    lm_head_vocab_tile: int = 2048
 
 
 class SampleStream:
@@ -254,19 +256,20 @@ def _save_hf(policy, spec: StageTrainSpec) -> None:
         if src.exists():
             shutil.copy(src, tmp / name)
     if spec.probe_ids:
-        (tmp / "probe.json").write_text(json.dumps(probe_entropies(policy, spec.probe_ids)))
+        tiling = (spec.lm_head_chunk_tokens, spec.lm_head_vocab_tile)
+        (tmp / "probe.json").write_text(json.dumps(probe_entropies(policy, spec.probe_ids, tiling)))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
 
 
 @torch.no_grad()
-def probe_entropies(policy, probe_ids: list[int]) -> dict:
+def probe_entropies(policy, probe_ids: list[int], tiling: tuple[int, int]) -> dict:
     """The trainer's own entropies of the probe, from the in-memory policy."""
     from pipelines.entropy import token_entropies
 
     policy.eval()
     hidden = policy.model(input_ids=torch.tensor([probe_ids])).last_hidden_state[0]
-    ent = token_entropies(hidden, policy.lm_head.weight, 256)[1:]
+    ent = token_entropies(hidden, policy.lm_head.weight, *tiling)[1:]
     return {"probe_ids": probe_ids, "entropies": ent.tolist()}
 
 

@@ -1,4 +1,4 @@
-"""Chunked exact entropy == the naive full-logits reference, on a trained model and on random."""
+"""Tiled exact entropy == the naive full-logits reference, on a trained model and on random."""
 
 from __future__ import annotations
 
@@ -32,11 +32,26 @@ def trained(tiny_world):
     return backend, seqs, backend.hidden_states(seqs), backend.lm_head_weight()
 
 
-@pytest.mark.parametrize("chunk", [1, 64, 256, 1000])
-def test_chunked_matches_naive_on_trained_model(trained, chunk):
+@pytest.mark.parametrize(("rows", "vocab_tile"), [(1, 2048), (64, 16), (256, 7), (1000, 8191)])
+def test_tiled_matches_naive_on_trained_model(trained, rows, vocab_tile):
     _, _, hiddens, weight = trained
     for h in hiddens:
-        _close(token_entropies(h, weight, chunk), naive_token_entropies(h, weight), 1e-5)
+        got = token_entropies(h, weight, rows, vocab_tile)
+        _close(got, naive_token_entropies(h, weight), 1e-5)
+
+
+def test_online_rescale_when_the_max_sits_in_a_late_tile():
+    # The running max must be rescaled when a later vocabulary tile holds a larger logit:
+    # put one dominant logit in the last tile and a flat tail everywhere else.
+    g = torch.Generator().manual_seed(3)
+    v, d = 4000, 16
+    w = torch.randn(v, d, generator=g) * 0.1
+    h = torch.rand(6, d, generator=g) + 0.2  # positive rows ...
+    w[v - 5] = 0.5  # ... so this row of the lm_head gives every row a large logit in the last tile
+    ref = naive_token_entropies(h, w)
+    for tile in (1, 100, 999, v):
+        _close(token_entropies(h, w, 4, tile), ref, 1e-5)
+    assert (ref[1:] < 0.9 * math.log(v)).all()  # the peak really moved the entropy
 
 
 def test_trained_entropies_are_informative(trained):
@@ -63,7 +78,7 @@ def test_chunked_matches_naive_on_random():
     for t, v, d in [(1, 50, 8), (5, 3000, 32), (513, 5000, 64)]:
         h = torch.randn(t, d, generator=g)
         w = torch.randn(v, d, generator=g) * 0.3
-        _close(token_entropies(h, w, 128), naive_token_entropies(h, w), 1e-5)
+        _close(token_entropies(h, w, 128, 1000), naive_token_entropies(h, w), 1e-5)
 
 
 def test_entropies_at_equals_full(trained):

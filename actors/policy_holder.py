@@ -1,0 +1,96 @@
+"""PolicyHolder: what every actor that runs the current policy shares (scorers and verifiers).
+
+It starts one backend (HF or vLLM) with the actor's thread budget, keeps the policy version,
+loads new weights between stages, answers the broadcast's probe and counts busy time for the
+overlap benchmark. Subclasses add their step of the method (screen, verify).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from actors.backends import make_backend, omp_bind_for
+from pipelines.config import Config
+from pipelines.entropy import entropies_at, token_entropies
+
+
+class PolicyHolder:
+    def __init__(
+        self,
+        cfg: Config,
+        model_dir: str | Path,
+        *,
+        backend: str,
+        gpus: float,
+        engine_index: int,
+        version: int = 0,
+        max_model_len: int | None = None,
+    ):
+        threads = cfg.cluster.torch_threads_per_actor
+        # Before any engine starts: vLLM's in-process worker replaces torch.set_num_threads, and
+        # an unbound ("nobind") engine process takes its thread count from OMP_NUM_THREADS.
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        self.cfg = cfg
+        self.model_dir = str(model_dir)
+        self.busy_s = 0.0
+        self.backend = make_backend(
+            backend,
+            model_dir,
+            cfg.screen,
+            max_model_len=max_model_len,
+            omp_threads_bind=omp_bind_for(cfg.screen, engine_index),
+            device="cuda" if gpus > 0 else "cpu",
+            version=version,
+        )
+
+    @property
+    def _tiling(self) -> tuple[int, int]:
+        return self.cfg.screen.lm_head_chunk_tokens, self.cfg.screen.lm_head_vocab_tile
+
+    def entropies(self, sequences: list[list[int]]) -> list[torch.Tensor]:
+        """Exact H(x_t | x_<t) of every token of every sequence (out[0] = NaN)."""
+        weight = self.backend.lm_head_weight()
+        hidden = self.backend.hidden_states(sequences)
+        return [token_entropies(h, weight, *self._tiling) for h in hidden]
+
+    def entropies_at(
+        self, sequences: list[list[int]], positions: list[Sequence[int]]
+    ) -> list[torch.Tensor]:
+        """H(x_t | x_<t) only at the asked positions of each sequence."""
+        weight = self.backend.lm_head_weight()
+        hidden = self.backend.hidden_states(sequences)
+        return [
+            entropies_at(h, weight, pos, *self._tiling)
+            for h, pos in zip(hidden, positions, strict=True)
+        ]
+
+    def timed(self, fn, *args):
+        """Run fn and add its wall time to this actor's busy time."""
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def busy_seconds(self) -> float:
+        """Total time spent on the method's work: the overlap benchmark's per-actor busy time."""
+        return self.busy_s
+
+    def load_weights(self, source: str | dict, version: int) -> int:
+        self.backend.load_weights(source, version)
+        if isinstance(source, str | Path):
+            self.model_dir = str(source)
+        return self.backend.version
+
+    def policy_version(self) -> int:
+        return self.backend.version
+
+    def probe_entropy(self, input_ids: list[int]) -> list[float]:
+        """Per-token entropies H(x_t | x_<t) of a fixed probe for t = 1..T-1 (no NaN entry)."""
+        return self.entropies([list(input_ids)])[0][1:].tolist()

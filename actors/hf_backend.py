@@ -16,6 +16,14 @@ from transformers import AutoModelForCausalLM
 log = logging.getLogger(__name__)
 
 
+def _architecture(config: dict) -> dict:
+    """What decides the model's shape and math: the config without bookkeeping entries such as
+    `_name_or_path`, which differ between two checkpoints of the same model."""
+    return {
+        k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"
+    }
+
+
 class HFBackend:
     """PolicyBackend on a transformers causal LM (float32 on CPU, or the given device)."""
 
@@ -43,9 +51,10 @@ class HFBackend:
         return self.model.get_output_embeddings().weight.detach().float().cpu()
 
     def load_weights(self, source: str | dict[str, torch.Tensor], version: int) -> None:
-        """A model dir (new config too, e.g. a raised RoPE base) or a state_dict of this model."""
+        """A model dir (new config too, e.g. a raised RoPE base), the {config, state_dict} payload
+        of the object-store transport, or a plain state_dict of this model."""
         if isinstance(source, str | Path):
-            self.model = self._load(str(source))
+            self._load_dir(str(source))
             self.model_dir = str(source)
         elif "state_dict" in source and "config" in source:
             self._load_payload(source)
@@ -53,26 +62,44 @@ class HFBackend:
             self._load_state_dict(source)
         self.version = version
 
+    def _use_config(self, config) -> None:
+        """Rebuild the model when the config changed (a stage raises the RoPE base)."""
+        if _architecture(config.to_dict()) != _architecture(self.model.config.to_dict()):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            self.model = model.to(self.device).eval()
+
+    def _load_dir(self, model_dir: str) -> None:
+        """safetensors are memory-mapped: on CPU the parameters *are* the page-cache pages of the
+        checkpoint the trainer just wrote, shared by every actor on the node, copied by none."""
+        from safetensors.torch import load_file
+        from transformers import AutoConfig
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if not files:  # e.g. a .bin checkpoint: the ordinary (copying) loader
+            self.model = self._load(model_dir)
+            return
+        self._use_config(AutoConfig.from_pretrained(model_dir))
+        state = {k: v for f in files for k, v in load_file(str(f)).items()}
+        self._load_state_dict(state, assign=self._can_adopt(state))
+
     def _load_payload(self, payload: dict) -> None:
-        """{config, state_dict} from the object-store transport: the config may differ (a stage
-        raises the RoPE base), so the model is rebuilt from it before the weights go in."""
         from transformers import AutoConfig
 
         config = dict(payload["config"])
-        config = AutoConfig.for_model(config.pop("model_type"), **config)
-        if config.to_dict() != self.model.config.to_dict():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            self.model = model.to(self.device).eval()
+        self._use_config(AutoConfig.for_model(config.pop("model_type"), **config))
         state = payload["state_dict"]
         if state and isinstance(next(iter(state.values())), tuple):  # NumPy wire format
             from cluster.transport_object_store import from_wire
 
+            # On CPU the parameters become the shared object-store arrays themselves (the object
+            # stays pinned while we hold it).
             state = from_wire(state)
-            # On CPU the parameters become the shared object-store arrays themselves: no copy at
-            # all (scoring never writes a parameter). The object stays pinned while we hold it.
-            self._load_state_dict(state, assign=self.device.type == "cpu")
-            return
-        self._load_state_dict(state)
+        self._load_state_dict(state, assign=self._can_adopt(state))
+
+    def _can_adopt(self, state: dict[str, torch.Tensor]) -> bool:
+        """Tensors can become the parameters as they are (no copy) when they already have the
+        model's device and dtype; scoring never writes a parameter, so shared memory is safe."""
+        return self.device.type == "cpu" and all(t.dtype == torch.float32 for t in state.values())
 
     def _load_state_dict(self, state: dict[str, torch.Tensor], assign: bool = False) -> None:
         result = self.model.load_state_dict(state, strict=False, assign=assign)

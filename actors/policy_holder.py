@@ -70,6 +70,13 @@ class PolicyHolder:
             for h, pos in zip(hidden, positions, strict=True)
         ]
 
+    def warmup(self) -> float:
+        """Compile the entropy update and touch the backend once, before any stage starts:
+        actors live across stages, so their start-up is not a stage's work. Returns seconds."""
+        start = time.perf_counter()
+        self.entropies([list(range(8))])
+        return time.perf_counter() - start
+
     def timed(self, fn, *args):
         """Run fn and add its wall time to this actor's busy time."""
         start = time.perf_counter()
@@ -86,6 +93,15 @@ class PolicyHolder:
         self.backend.load_weights(source, version)
         if isinstance(source, str | Path):
             self.model_dir = str(source)
+        return self.backend.version
+
+    def receive_weights(self, group: dict, buckets: list, config: dict, version: int) -> int:
+        """The receiving end of cluster/transport_collective.py: one call per sync."""
+        from cluster.transport_collective import receive_state
+
+        device = self.backend.model.device if hasattr(self.backend, "model") else "cpu"
+        state = receive_state(group, buckets, torch.device(device))
+        self.backend.load_weights({"config": config, "state_dict": state}, version)
         return self.backend.version
 
     def policy_version(self) -> int:

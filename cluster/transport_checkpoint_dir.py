@@ -1,7 +1,8 @@
 """Weights through the shared filesystem: each actor reloads the HF checkpoint directory.
 
-The vLLM path on CPU (`reload_weights`; tensors cannot be passed to a running CPU engine) and the
-fallback for any backend. The directory must be on storage every node sees.
+HF backends memory-map the safetensors (zero-copy on CPU: every actor on a node shares the page
+cache); vLLM backends call `reload_weights` (tensors cannot be passed to a running CPU engine).
+The directory must be on storage every node sees.
 """
 
 from __future__ import annotations
@@ -16,3 +17,6 @@ class CheckpointDirTransport:
 
     def send(self, model_dir: Path, version: int, actors: list) -> None:
         ray.get([a.load_weights.remote(str(Path(model_dir).resolve()), version) for a in actors])
+
+    def close(self) -> None:
+        pass  # nothing held between syncs

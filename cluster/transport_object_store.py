@@ -57,3 +57,6 @@ class ObjectStoreTransport:
         wire = {"config": payload["config"], "state_dict": to_wire(payload["state_dict"])}
         ref = ray.put(wire)  # the one copy, shared by all readers on the node
         ray.get([a.load_weights.remote(ref, version) for a in actors])
+
+    def close(self) -> None:
+        pass  # nothing held between syncs

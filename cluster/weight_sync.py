@@ -2,9 +2,16 @@
 
 One small interface, one module per transport (NeMo-RL style):
 
+    transport_checkpoint_dir the default ("auto"): every actor reloads the HF checkpoint the trainer
+                             wrote. HF backends memory-map its safetensors (on CPU the parameters
+                             are the shared page-cache pages: no copy at all); vLLM backends use
+                             `reload_weights`, or restart when config.json changed. The run dir is
+                             shared storage anyway (the sample log streams through it).
     transport_object_store   HF backends: config + state_dict put into Ray's object store once,
-                             read by every actor (zero-copy on a node, one transfer per node)
-    transport_checkpoint_dir vLLM backends: the HF checkpoint dir + `reload_weights`
+                             read by every actor (zero-copy on a node, one transfer per node):
+                             for actors that should not read the run's storage.
+    transport_collective     HF backends: one sender broadcasts flat buckets to every actor
+                             (NCCL on GPUs, gloo on CPU): one storage read per sync.
 
 After sending, each actor reports its policy version and the entropies of a fixed probe; they must
 equal the trainer's own values, or the stage does not start.
@@ -32,22 +39,49 @@ class WeightTransport(Protocol):
         """Make every actor load the policy in model_dir as `version`; returns when all have."""
         ...
 
+    def close(self) -> None:
+        """Release what the transport holds between syncs (the collective's sender)."""
+        ...
 
-def make_transport(kind: str, backend: str) -> WeightTransport:
+
+def make_transport(
+    kind: str, backend: str, bucket_mb: int = 256, device: str = "cpu"
+) -> WeightTransport:
     if kind == "auto":
-        kind = "checkpoint_dir" if backend == "vllm" else "object_store"
+        kind = "checkpoint_dir"
+    if kind in ("object_store", "collective") and backend == "vllm":
+        raise UserError(
+            f"stages.weight_transport '{kind}' needs HF backends (screen.backend / "
+            "verify.backend 'hf'): a running vLLM engine here only reloads from a checkpoint "
+            "dir; use 'checkpoint_dir' or 'auto'"
+        )
     if kind == "object_store":
-        if backend == "vllm":
-            raise UserError(
-                "stages.weight_transport 'object_store' needs HF backends: vLLM on CPU cannot "
-                "load tensors after start-up; use 'checkpoint_dir' or 'auto'"
-            )
         from cluster.transport_object_store import ObjectStoreTransport
 
         return ObjectStoreTransport()
+    if kind == "collective":
+        from cluster.transport_collective import CollectiveTransport
+
+        return CollectiveTransport(bucket_mb, device)
     from cluster.transport_checkpoint_dir import CheckpointDirTransport
 
     return CheckpointDirTransport()
+
+
+def transport_groups(cfg, scorers: list, verifiers: list) -> list[tuple[WeightTransport, list]]:
+    """(transport, actors) pairs: scorers and verifiers share one transport when theirs agree
+    (one sender, one collective group per sync)."""
+    stages, cluster = cfg.stages, cfg.cluster
+
+    def make(backend: str, gpus: float) -> WeightTransport:
+        device = "cuda" if gpus > 0 else "cpu"
+        return make_transport(stages.weight_transport, backend, stages.weight_bucket_mb, device)
+
+    scorer_t = make(cfg.screen.backend, cluster.gpus_per_scorer)
+    verifier_t = make(cfg.verify.backend, cluster.gpus_per_verifier)
+    if scorer_t.name == verifier_t.name and cluster.gpus_per_scorer == cluster.gpus_per_verifier:
+        return [(scorer_t, scorers + verifiers)]
+    return [(scorer_t, scorers), (verifier_t, verifiers)]
 
 
 def broadcast(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,15 +160,15 @@ class BatchResult:
     samples: list[dict]
     screen_rows: list[dict]
     candidate_rows: list[dict]
+    counts: StageCounts
 
 
-def process_batch(
-    ctx: StageContext, batch_index: int, docs: list[dict], counts: StageCounts
-) -> BatchResult:
+def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> BatchResult:
     """Run one batch of seed documents through screen, retrieve, verify and assemble."""
     cfg, method = ctx.cfg, ctx.cfg.stages.method
     name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
     samples, cand_rows, screen_rows = [], [], []
+    counts = StageCounts()  # added to the stage's counts only if this batch is committed
     scorer = ctx.scorers[batch_index % len(ctx.scorers)]
     verifier = ctx.verifiers[batch_index % len(ctx.verifiers)] if ctx.verifiers else None
     verified: list[list[dict]] = [[] for _ in docs]
@@ -252,7 +253,7 @@ def process_batch(
                 "segments": s.segments,
             }
         )
-    return BatchResult(name, samples, screen_rows, cand_rows)
+    return BatchResult(name, samples, screen_rows, cand_rows, counts)
 
 
 def _write_side_table(folder: Path, name: str, rows: list[dict], schema=None) -> None:
@@ -294,13 +295,15 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
     committed, next_commit, next_submit = 0, 0, 0
     results: dict[int, BatchResult] = {}
     bar = tqdm(total=budget_samples, desc=f"construct stage {ctx.stage}", unit="sample")
-    with ThreadPoolExecutor(max_workers=cfg.stages.batches_in_flight) as pool:
-        pending: dict = {}
+    first_commit_at = None
+    pool = ThreadPoolExecutor(max_workers=cfg.stages.batches_in_flight)
+    pending: dict = {}
+    try:
         while next_commit < len(batches) and committed < budget_samples:
             # Keep batches in flight ahead of the commit point (committed ones are skipped).
             while next_submit < len(batches) and len(pending) < cfg.stages.batches_in_flight:
                 if names[next_submit] not in done:
-                    fut = pool.submit(process_batch, ctx, next_submit, batches[next_submit], counts)
+                    fut = pool.submit(process_batch, ctx, next_submit, batches[next_submit])
                     pending[fut] = next_submit
                 next_submit += 1
             if names[next_commit] in done:
@@ -311,13 +314,18 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
                     results[pending.pop(fut)] = fut.result()
                 result = results.pop(next_commit)
                 n = _commit(ctx, sample_log, result, budget_samples - committed)
-                counts.add(samples=n, tokens=n * ctx.seq_len)
+                first_commit_at = first_commit_at or time.time()
+                counts.add(**(result.counts.to_dict() | {"samples": n, "tokens": n * ctx.seq_len}))
                 committed += n
             bar.update(min(committed, budget_samples) - bar.n)
             next_commit += 1
-        for fut in pending:  # budget met: work still in flight is not needed
-            fut.cancel()
+    finally:
+        # Budget met (or an error): batches still in flight are not needed. Do not wait for
+        # them; they commit nothing (only this loop commits).
+        pool.shutdown(wait=False, cancel_futures=True)
     bar.close()
-    sample_log.finish(counts.to_dict() | {"samples_committed": committed})
+    sample_log.finish(
+        counts.to_dict() | {"samples_committed": committed, "first_commit_at": first_commit_at}
+    )
     log.info("stage %d construction: %s", ctx.stage, counts.to_dict())
     return counts.to_dict()

@@ -65,40 +65,52 @@ def _online_update(z: torch.Tensor, m: torch.Tensor, s: torch.Tensor, u: torch.T
         return _online_update_eager(z, m, s, u)
 
 
-def _block_entropy(rows: torch.Tensor, weight: torch.Tensor, vocab_tile: int) -> torch.Tensor:
+def _block_entropy(
+    rows: torch.Tensor, weight: torch.Tensor, vocab_tile: int, compiled: bool
+) -> torch.Tensor:
     """Entropy of softmax(rows @ weight.T) per row, walking the vocabulary tile by tile."""
+    update = _online_update if compiled else _online_update_eager
     m = s = u = torch.empty(0)
     for v0 in range(0, weight.shape[0], vocab_tile):
         # float32 logits even for a bf16 model: entropy differences of 1e-4 must survive.
         z = rows @ weight[v0 : v0 + vocab_tile].float().T
         if v0 == 0:  # start from the first tile's max: no -inf * 0 in the rescale
             m, s, u = z.amax(dim=-1), torch.zeros_like(z[:, 0]), torch.zeros_like(z[:, 0])
-        m, s, u = _online_update(z, m, s, u)
+        m, s, u = update(z, m, s, u)
     return s.log() - u / s
 
 
 @torch.no_grad()
 def entropies_of_rows(
-    hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int, vocab_tile: int = 2048
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    chunk_tokens: int,
+    vocab_tile: int = 2048,
+    compiled: bool = True,
 ) -> torch.Tensor:
-    """Entropy of the next-token distribution predicted by each row of `hidden` ([N, d] -> [N])."""
+    """Entropy of the next-token distribution predicted by each row of `hidden` ([N, d] -> [N]).
+    compiled=False skips torch.compile: for one-off calls where compiling costs more (a probe)."""
     if chunk_tokens < 1 or vocab_tile < 1:
         raise ValueError("chunk_tokens and vocab_tile must be >= 1")
     hidden = hidden.float()
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_tokens):
         rows = hidden[start : start + chunk_tokens].contiguous()
-        out[start : start + rows.shape[0]] = _block_entropy(rows, weight, vocab_tile)
+        out[start : start + rows.shape[0]] = _block_entropy(rows, weight, vocab_tile, compiled)
     return out
 
 
 def token_entropies(
-    hidden: torch.Tensor, weight: torch.Tensor, chunk_tokens: int, vocab_tile: int = 2048
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    chunk_tokens: int,
+    vocab_tile: int = 2048,
+    compiled: bool = True,
 ) -> torch.Tensor:
     """[T, d] hidden states, [V, d] lm_head -> [T] with out[t] = H(x_t | x_<t), out[0] = NaN."""
     out = torch.full((hidden.shape[0],), float("nan"), dtype=torch.float32, device=hidden.device)
     if hidden.shape[0] > 1:
-        out[1:] = entropies_of_rows(hidden[:-1], weight, chunk_tokens, vocab_tile)
+        out[1:] = entropies_of_rows(hidden[:-1], weight, chunk_tokens, vocab_tile, compiled)
     return out
 
 

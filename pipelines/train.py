@@ -269,7 +269,8 @@ def probe_entropies(policy, probe_ids: list[int], tiling: tuple[int, int]) -> di
 
     policy.eval()
     hidden = policy.model(input_ids=torch.tensor([probe_ids])).last_hidden_state[0]
-    ent = token_entropies(hidden, policy.lm_head.weight, *tiling)[1:]
+    # Eager: compiling for one short probe costs seconds at the end of every stage.
+    ent = token_entropies(hidden, policy.lm_head.weight, *tiling, compiled=False)[1:]
     return {"probe_ids": probe_ids, "entropies": ent.tolist()}
 
 

@@ -72,11 +72,11 @@ def test_killed_and_rerun_stage_commits_the_same_samples(stage_ctx, tmp_path, mo
     real = construct.process_batch
     calls = []
 
-    def dies_on_third_batch(ctx, index, docs, counts):
+    def dies_on_third_batch(ctx, index, docs):
         calls.append(index)
         if len(calls) == 3:
             raise KeyboardInterrupt("killed mid-stage")  # what a killed driver leaves behind
-        return real(ctx, index, docs, counts)
+        return real(ctx, index, docs)
 
     monkeypatch.setattr(construct, "process_batch", dies_on_third_batch)
     killed = make(tmp_path / "killed")

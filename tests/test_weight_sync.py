@@ -1,0 +1,116 @@
+"""Every weight transport delivers pi_{k+1} (new weights *and* a raised RoPE base) to real actors:
+their probe entropies equal an in-process reference of the new checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from cluster.transport_collective import pack, plan_buckets, unpack
+from cluster.weight_sync import broadcast, make_transport
+from pipelines.errors import UserError
+
+pytestmark = pytest.mark.slow
+
+
+def test_buckets_round_trip_mixed_dtypes():
+    g = torch.Generator().manual_seed(0)
+    state = {
+        "a": torch.randn(300, 7, generator=g),
+        "b": torch.randn(5, generator=g).to(torch.bfloat16),
+        "c": torch.randn(64, 64, generator=g),  # 16 KB: larger than a bucket, gets its own
+        "d": torch.randn(3, 3, generator=g).to(torch.bfloat16),
+        "e": torch.randn(10, generator=g),
+    }
+    buckets = plan_buckets(state, bucket_bytes=10_000)
+    assert len(buckets) >= 3
+    assert {b.dtype for b in buckets} == {"float32", "bfloat16"}
+    for b in buckets:  # one dtype per bucket, within the size unless a lone big tensor
+        assert len({state[n].dtype for n, _, _ in b.entries}) == 1
+        assert len(b.entries) == 1 or b.numel * state[b.entries[0][0]].element_size() <= 10_000
+    out = {}
+    for b in buckets:
+        out |= unpack(pack(state, b, torch.device("cpu")), b)
+    assert out.keys() == state.keys()
+    for name, t in state.items():
+        assert out[name].dtype == t.dtype and torch.equal(out[name], t)
+
+
+def test_collective_and_object_store_refuse_vllm():
+    for kind in ("collective", "object_store"):
+        with pytest.raises(UserError, match="stages.weight_transport"):
+            make_transport(kind, "vllm")
+
+
+@pytest.fixture(scope="module")
+def next_policy(tiny_world, tmp_path_factory):
+    """pi_1: perturbed weights and a raised RoPE base, saved like a stage checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("pi1_rope")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_world.model_dir), dtype=torch.float32)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    model.config.rope_parameters = {**model.config.rope_parameters, "rope_theta": 160_000.0}
+    model.save_pretrained(str(out))
+    for f in tiny_world.model_dir.glob("tokenizer*"):
+        shutil.copy(f, out)
+    assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_theta"] == 160_000
+    return out
+
+
+def _probe_reference(model_dir, probe: list[int]) -> list[float]:
+    from actors.hf_backend import HFBackend
+    from pipelines.entropy import token_entropies
+
+    backend = HFBackend(model_dir)
+    h = backend.hidden_states([probe])[0]
+    return token_entropies(h, backend.lm_head_weight(), 64, 100, compiled=False)[1:].tolist()
+
+
+@pytest.mark.parametrize("kind", ["checkpoint_dir", "object_store", "collective"])
+def test_transport_delivers_new_policy(kind, ray_local, test_config, tiny_world, next_policy):
+    from actors.scorer import create_scorers
+
+    cfg = dataclasses.replace(
+        test_config, screen=dataclasses.replace(test_config.screen, backend="hf")
+    )
+    actors = create_scorers(cfg, tiny_world.model_dir, num=2)
+    try:
+        probe = list(range(3, 120))
+        expected = _probe_reference(next_policy, probe)
+        before = ray_local.get(actors[0].probe_entropy.remote(probe))
+        assert max(abs(a - b) for a, b in zip(before, expected, strict=True)) > 1e-2
+        # 1 MB buckets: the collective sends the tiny model in several broadcasts.
+        transport = make_transport(kind, "hf", bucket_mb=1)
+        result = broadcast([(transport, actors)], next_policy, 1, probe, expected, 1e-4)
+        assert result["actors"] == 2 and result["probe_max_diff"] <= 1e-4
+        assert ray_local.get([a.policy_version.remote() for a in actors]) == [1, 1]
+        transport.close()
+    finally:
+        for a in actors:
+            ray_local.kill(a)
+
+
+def test_broadcast_refuses_a_wrong_policy(ray_local, test_config, tiny_world, next_policy):
+    # The probe check must fail when an actor serves other weights than the trainer's.
+    from actors.scorer import create_scorers
+
+    cfg = dataclasses.replace(
+        test_config, screen=dataclasses.replace(test_config.screen, backend="hf")
+    )
+    [actor] = create_scorers(cfg, tiny_world.model_dir, num=1)
+    try:
+        probe = list(range(3, 60))
+        wrong = _probe_reference(tiny_world.model_dir, probe)  # pi_0's values, not pi_1's
+        transport = make_transport("checkpoint_dir", "hf")
+        with pytest.raises(RuntimeError, match="probe entropy differences"):
+            broadcast([(transport, [actor])], next_policy, 1, probe, wrong, 1e-4)
+    finally:
+        ray_local.kill(actor)

@@ -31,3 +31,39 @@ def init_ray(cfg: ClusterSection) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     log.info("ray: %s, resources %s", address or "local", ray.cluster_resources())
+
+
+def check_train_fits(cfg: ClusterSection, wait_s: float = 20.0) -> None:
+    """Ray Train waits, silently and forever, for resources a fixed-size cluster never frees.
+    On a local Ray (nothing can scale up) refuse up front with the keys to change; on a joined
+    cluster only log the ask (its autoscaler may add nodes)."""
+    import time
+
+    import ray
+
+    from pipelines.errors import UserError
+
+    need = {"CPU": cfg.num_train_workers * cfg.cpus_per_train_worker}
+    if cfg.gpus_per_train_worker:
+        need["GPU"] = cfg.num_train_workers * cfg.gpus_per_train_worker
+    if cfg.address or os.environ.get("RAY_ADDRESS"):
+        log.info("Ray Train asks the cluster for %s", need)
+        return
+    deadline = time.monotonic() + wait_s  # the previous stage's workers may still be leaving
+    while True:
+        free = ray.available_resources()
+        short = {k: v for k, v in need.items() if free.get(k, 0.0) + 1e-6 < v}
+        if not short or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if short:
+        total = ray.cluster_resources()
+        raise UserError(
+            "Ray Train needs "
+            + ", ".join(f"{v:g} {k}" for k, v in need.items())
+            + " but this local Ray has only "
+            + ", ".join(f"{free.get(k, 0.0):g} of {total.get(k, 0.0):g} {k}" for k in short)
+            + " free (scorers, verifiers and retrieval actors hold the rest): lower "
+            "cluster.cpus_per_scorer/cpus_per_verifier/cpus_per_shard, index.cpus_per_embedder, "
+            "cluster.num_train_workers or cluster.cpus_per_train_worker"
+        )

@@ -64,6 +64,7 @@ def run_policylong(cfg: Config) -> dict:
 
     from actors.scorer import create_scorers
     from actors.verifier import create_verifiers
+    from cluster.runtime import check_train_fits
     from cluster.weight_sync import broadcast, transport_groups
     from pipelines.build_index import build_index, cached_index_dir
     from pipelines.construct import FillerPool, StageContext, construct_stage
@@ -151,6 +152,7 @@ def run_policylong(cfg: Config) -> dict:
             args=(result, ctx, seed_share(cfg, docs, k), budget),
             name=f"construct-stage-{k}",
         )
+        check_train_fits(cfg.cluster)  # before any work: fail fast rather than hang in Ray Train
         started = time.time()
         busy_before = busy if k > first else {}
         construction.start()

@@ -47,11 +47,11 @@ def test_online_rescale_when_the_max_sits_in_a_late_tile():
     v, d = 4000, 16
     w = torch.randn(v, d, generator=g) * 0.1
     h = torch.rand(6, d, generator=g) + 0.2  # positive rows ...
-    w[v - 5] = 0.5  # ... so this row of the lm_head gives every row a large logit in the last tile
+    w[v - 5] = 2.0  # ... so this row of the lm_head gives every row a large logit in the last tile
     ref = naive_token_entropies(h, w)
     for tile in (1, 100, 999, v):
         _close(token_entropies(h, w, 4, tile), ref, 1e-5)
-    assert (ref[1:] < 0.9 * math.log(v)).all()  # the peak really moved the entropy
+    assert (ref[1:] < 0.5 * math.log(v)).all()  # the peak really dominates
 
 
 def test_trained_entropies_are_informative(trained):

@@ -169,7 +169,8 @@ def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> Batc
     name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
     samples, cand_rows, screen_rows = [], [], []
     counts = StageCounts()  # added to the stage's counts only if this batch is committed
-    scorer = ctx.scorers[batch_index % len(ctx.scorers)]
+    # Baselines without screening (nextlong, concat) run no scorer or verifier at all.
+    scorer = ctx.scorers[batch_index % len(ctx.scorers)] if ctx.scorers else None
     verifier = ctx.verifiers[batch_index % len(ctx.verifiers)] if ctx.verifiers else None
     verified: list[list[dict]] = [[] for _ in docs]
     positions_of: list[list[int]] = [[] for _ in docs]

@@ -57,7 +57,8 @@ class SampleStream:
     def __init__(self, root: Path, budget: int, poll_s: float):
         self.log, self.budget, self.poll_s = SampleLog(root), budget, poll_s
         self.index: list[tuple[str, int]] = []  # global position -> (shard, row)
-        self.tables: dict = {}
+        self.last_position: dict[str, int] = {}  # shard -> its last global position
+        self.tables: dict = {}  # shards in use (a worker reads positions in increasing order)
         self.waited_s = 0.0  # time spent waiting for construction (not busy)
 
     def _refresh(self) -> bool:
@@ -66,6 +67,7 @@ class SampleStream:
         for commit in self.log.commits():
             if commit.name not in known:
                 self.index.extend((commit.name, i) for i in range(commit.rows))
+                self.last_position[commit.name] = len(self.index) - 1
         return finished
 
     def wait_for(self, n: int) -> int:
@@ -85,6 +87,10 @@ class SampleStream:
         name, row = self.index[position]
         if name not in self.tables:
             self.tables[name] = self.log.read(name).select(["sample_id", "input_ids"]).to_pylist()
+        # Positions only grow: shards wholly behind this one are done with (bounded memory on a
+        # stage of billions of tokens).
+        for done in [n for n in self.tables if self.last_position[n] < position]:
+            del self.tables[done]
         return self.tables[name][row]
 
 

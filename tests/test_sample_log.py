@@ -55,3 +55,20 @@ def test_manifest_marks_the_stage_finished(tmp_path):
     log.finish({"documents": 2})
     m = log.manifest()
     assert m["complete"] and m["samples"] == 2 and m["tokens"] == 6
+
+
+def test_stream_reads_in_commit_order_and_keeps_only_shards_in_use(tmp_path):
+    from pipelines.train import SampleStream
+
+    log = SampleLog(tmp_path, writer=True)
+    names = [shard_name(0, [f"d{i}"]) for i in range(3)]
+    for i, name in enumerate(names):
+        log.commit(name, _table([f"s{i}a", f"s{i}b"]))
+    log.finish({})
+    stream = SampleStream(tmp_path, budget=5, poll_s=0.01)
+    assert stream.wait_for(10) == 5  # capped at the budget
+    got = []
+    for p in range(5):
+        got.append(stream.get(p)["sample_id"])
+        assert len(stream.tables) == 1  # the shard in use only
+    assert got == ["s0a", "s0b", "s1a", "s1b", "s2a"]

@@ -300,6 +300,13 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("config key 'verify.tau_neg' must be <= verify.tau_pos")
     if cfg.corpus.min_chars > cfg.corpus.max_chars:
         raise ConfigError("config key 'corpus.min_chars' must be <= corpus.max_chars")
+    tensor_transport = cfg.stages.weight_transport in ("object_store", "collective")
+    if tensor_transport and "vllm" in (cfg.screen.backend, cfg.verify.backend):
+        raise ConfigError(
+            f"config key 'stages.weight_transport' = '{cfg.stages.weight_transport}' needs "
+            "screen.backend and verify.backend 'hf' (a vLLM engine reloads from a checkpoint "
+            "dir): use 'checkpoint_dir' or 'auto'"
+        )
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

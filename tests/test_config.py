@@ -48,6 +48,11 @@ def test_paper_profile_has_paper_hyperparameters():
         ({"verify": {"tau_pos": 0.1, "tau_neg": 0.5}}, "verify.tau_neg", "<= verify.tau_pos"),
         ({"model": {"hidden_size": 256, "num_heads": 3}}, "model.num_heads", "divide"),
         ({"screen": 5}, "screen", "mapping"),
+        (
+            {"screen": {"backend": "vllm"}, "stages": {"weight_transport": "collective"}},
+            "stages.weight_transport",
+            "use 'checkpoint_dir' or 'auto'",
+        ),
     ],
 )
 def test_bad_config_names_key_and_allowed_values(data, key, allowed):

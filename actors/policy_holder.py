@@ -104,6 +104,10 @@ class PolicyHolder:
         self.backend.load_weights({"config": config, "state_dict": state}, version)
         return self.backend.version
 
+    def engine_restarts(self) -> int:
+        """How often a vLLM engine was restarted for a changed architecture (0 for HF)."""
+        return getattr(self.backend, "restarts", 0)
+
     def policy_version(self) -> int:
         return self.backend.version
 

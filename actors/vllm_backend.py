@@ -8,8 +8,9 @@ the backend reads it from the checkpoint's safetensors itself (`lm_head.weight`,
 Weight sync (CPU path, shared/DESIGN.md section 4): `collective_rpc("reload_weights",
 kwargs={"weights_path": dir})` reloads the parameters in place; tensors passed through
 collective_rpc arrive mangled, so a state_dict is not accepted here. `reload_weights` does *not*
-re-read config.json, so a checkpoint whose architecture config differs (e.g. a raised RoPE base:
-the rotary cos/sin cache is built at engine start) restarts the engine instead (~20 s on CPU).
+re-read config.json: a raised RoPE base (what every stage does) is applied in the worker by
+actors/vllm_worker_extension.py (the rotary cos/sin cache recomputed in place); any other
+architecture change restarts the engine (~20 s on CPU).
 
 vLLM starts its engine-core process with spawn: build this backend inside a Ray actor or under
 `if __name__ == "__main__":`.
@@ -30,6 +31,25 @@ log = logging.getLogger(__name__)
 
 # config.json keys that do not change the computation (ignored when deciding to restart).
 _NON_ARCH_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"}
+WORKER_EXTENSION = "actors.vllm_worker_extension.PolicyWorkerExtension"
+
+
+def rope_only_change(old: dict, new: dict) -> float | None:
+    """The new RoPE base when that is all that changed between two arch configs (a raised
+    max_position_embeddings aside: the engine's own max_model_len is fixed), else None."""
+
+    def rest(cfg: dict) -> dict:
+        rope = dict(cfg.get("rope_parameters") or {})
+        theta = rope.pop("rope_theta", cfg.get("rope_theta"))
+        skip = {"rope_parameters", "rope_theta", "max_position_embeddings"}
+        return {"theta": theta, "rope": rope, **{k: v for k, v in cfg.items() if k not in skip}}
+
+    a, b = rest(old), rest(new)
+    plain = b["rope"].get("rope_type", "default") == "default"
+    same_otherwise = {k: v for k, v in a.items() if k != "theta"} == {
+        k: v for k, v in b.items() if k != "theta"
+    }
+    return float(b["theta"]) if plain and same_otherwise and b["theta"] is not None else None
 
 
 def read_lm_head(model_dir: str | Path) -> torch.Tensor:
@@ -71,6 +91,7 @@ class VLLMBackend:
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager
         self.model_dir = str(model_dir)
+        self.restarts = 0  # engine restarts for a changed architecture (tests, logs)
         self.llm = self._start(self.model_dir)
         self._lm_head = read_lm_head(self.model_dir)
         self._arch = arch_config(self.model_dir)
@@ -91,6 +112,7 @@ class VLLMBackend:
             max_num_batched_tokens=self.max_model_len,  # a whole prompt fits one step
             enable_prefix_caching=False,  # every token's hidden state must be computed
             enforce_eager=self.enforce_eager,
+            worker_extension_cls=WORKER_EXTENSION,  # in-place RoPE base updates
         )
 
     def hidden_states(self, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -113,12 +135,19 @@ class VLLMBackend:
                 "through collective_rpc arrive mangled on CPU): save_pretrained and pass the path"
             )
         source = str(source)
-        if arch_config(source) != self._arch:
-            log.info("vLLM: config of '%s' differs (e.g. RoPE base): restarting engine", source)
+        new_arch = arch_config(source)
+        theta = rope_only_change(self._arch, new_arch) if new_arch != self._arch else None
+        in_place = new_arch == self._arch or theta is not None
+        if in_place:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": source})
+            if theta is not None:
+                # 0 plain rotary embeddings updated in some worker: restart to be safe.
+                in_place = 0 not in self.llm.collective_rpc("set_rope_theta", args=(theta,))
+        if not in_place:
+            log.info("vLLM: architecture of '%s' differs: restarting engine", source)
             self.shutdown()
             self.llm = self._start(source)
-        else:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_path": source})
+            self.restarts += 1
         self._lm_head = read_lm_head(source)
         self._arch = arch_config(source)
         self.model_dir = source

@@ -150,17 +150,70 @@ def test_vllm_rejects_state_dict(ray_local, scorer_pair):
         ray_local.get(scorer_pair[1].load_weights.remote({"x": torch.zeros(1)}, 5))
 
 
-def test_vllm_restarts_when_config_changes(ray_local, scorer_pair, scorer_docs, new_checkpoint):
-    # reload_weights does not re-read config.json: a raised RoPE base (what each stage does)
-    # must restart the engine, or vLLM silently keeps the old rotary cache.
-    rope_dir = new_checkpoint.parent / "pi2_rope"
-    shutil.copytree(new_checkpoint, rope_dir, dirs_exist_ok=True)
-    cfg = json.loads((rope_dir / "config.json").read_text())
-    cfg.setdefault("rope_parameters", {})["rope_theta"] = 160_000.0
-    cfg.pop("rope_theta", None)
-    (rope_dir / "config.json").write_text(json.dumps(cfg))
-    ref = _reference(rope_dir, [d["input_ids"] for d in scorer_docs])
-    assert _max_diff(ref, _reference(new_checkpoint, [d["input_ids"] for d in scorer_docs])) > 1e-3
+def _variant(new_checkpoint, name: str, change) -> object:
+    """A copy of pi_1 with config.json changed by `change`."""
+    out = new_checkpoint.parent / name
+    shutil.copytree(new_checkpoint, out, dirs_exist_ok=True)
+    cfg = json.loads((out / "config.json").read_text())
+    change(cfg)
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def test_vllm_follows_a_raised_rope_base_in_place(
+    ray_local, scorer_pair, scorer_docs, new_checkpoint
+):
+    # reload_weights does not re-read config.json: a raised RoPE base (what each stage does) is
+    # applied by the worker extension without restarting the engine; without it vLLM silently
+    # keeps the old rotary cache.
+    def raise_rope(cfg):
+        cfg.setdefault("rope_parameters", {})["rope_theta"] = 160_000.0
+        cfg.pop("rope_theta", None)
+        cfg["max_position_embeddings"] = 4096
+
+    rope_dir = _variant(new_checkpoint, "pi2_rope", raise_rope)
+    seqs = [d["input_ids"] for d in scorer_docs]
+    ref = _reference(rope_dir, seqs)
+    assert _max_diff(ref, _reference(new_checkpoint, seqs)) > 1e-3
     _, vllm = scorer_pair
+    restarts = ray_local.get(vllm.engine_restarts.remote())
     assert ray_local.get(vllm.load_weights.remote(str(rope_dir), 2)) == 2
+    assert ray_local.get(vllm.engine_restarts.remote()) == restarts  # no restart
     assert _max_diff(_score(ray_local, vllm, scorer_docs), ref) < 1e-4
+
+
+def test_vllm_restarts_for_other_architecture_changes(
+    ray_local, scorer_pair, scorer_docs, new_checkpoint
+):
+    def change_norm(cfg):
+        cfg["rms_norm_eps"] = 0.5
+
+    eps_dir = _variant(new_checkpoint, "pi3_eps", change_norm)
+    seqs = [d["input_ids"] for d in scorer_docs]
+    ref = _reference(eps_dir, seqs)
+    assert _max_diff(ref, _reference(new_checkpoint, seqs)) > 1e-3
+    _, vllm = scorer_pair
+    restarts = ray_local.get(vllm.engine_restarts.remote())
+    assert ray_local.get(vllm.load_weights.remote(str(eps_dir), 3)) == 3
+    assert ray_local.get(vllm.engine_restarts.remote()) == restarts + 1
+    assert _max_diff(_score(ray_local, vllm, scorer_docs), ref) < 1e-4
+
+
+def test_rope_only_change_detects_what_can_be_updated_in_place():
+    from actors.vllm_backend import rope_only_change
+
+    old = {
+        "hidden_size": 64,
+        "max_position_embeddings": 512,
+        "rope_parameters": {"rope_theta": 1e4, "rope_type": "default"},
+    }
+    raised = old | {
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_theta": 4e4, "rope_type": "default"},
+    }
+    assert rope_only_change(old, raised) == 4e4
+    assert rope_only_change(old, raised | {"hidden_size": 128}) is None  # not only the base
+    yarn = raised | {"rope_parameters": {"rope_theta": 4e4, "rope_type": "yarn", "factor": 4.0}}
+    assert rope_only_change(old, yarn) is None  # scaled RoPE: restart instead
+    legacy = {"hidden_size": 64, "rope_theta": 1e4}
+    assert rope_only_change(legacy, legacy | {"rope_theta": 2e4}) == 2e4

@@ -87,6 +87,8 @@ class VLLMBackend:
         # Read by the engine process at start-up: "nobind" leaves threads to the OS (and to
         # OMP_NUM_THREADS); "auto" binds every engine on a node to the same first core.
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind
+        # vLLM logs ~100 INFO lines per engine start; keep warnings (set it to INFO to debug).
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         self.memory_utilization = memory_utilization
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager

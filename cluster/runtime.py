@@ -10,6 +10,15 @@ from pipelines.config import ClusterSection
 log = logging.getLogger(__name__)
 
 
+def quiet_worker_logs() -> None:
+    """worker_process_setup_hook of a local Ray: a local Ray runs without the dashboard, so Ray
+    Train's placement-group cleaner cannot reach the State API and warns about it every few
+    seconds of every stage; those lines would bury the run's own log."""
+    logging.getLogger(
+        "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+    ).setLevel(logging.ERROR)
+
+
 def init_ray(cfg: ClusterSection) -> None:
     """Join the configured cluster, or start a local one sized to this machine."""
     import ray
@@ -18,9 +27,11 @@ def init_ray(cfg: ClusterSection) -> None:
         return
     # Inside `ray job submit` RAY_ADDRESS is set: always join that cluster.
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    local = {"runtime_env": {"worker_process_setup_hook": quiet_worker_logs}} if not address else {}
     ray.init(
         address=address,
         include_dashboard=False,
+        **local,
         log_to_driver=True,
         configure_logging=True,
         logging_level=logging.WARNING,

@@ -27,7 +27,7 @@ run: setup
 	$(BIN)/policylong run --config $(PROFILE)
 
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check .

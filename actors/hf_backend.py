@@ -13,15 +13,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from actors.backends import architecture
+
 log = logging.getLogger(__name__)
-
-
-def _architecture(config: dict) -> dict:
-    """What decides the model's shape and math: the config without bookkeeping entries such as
-    `_name_or_path`, which differ between two checkpoints of the same model."""
-    return {
-        k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"
-    }
 
 
 class HFBackend:
@@ -64,7 +58,7 @@ class HFBackend:
 
     def _use_config(self, config) -> None:
         """Rebuild the model when the config changed (a stage raises the RoPE base)."""
-        if _architecture(config.to_dict()) != _architecture(self.model.config.to_dict()):
+        if architecture(config.to_dict()) != architecture(self.model.config.to_dict()):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
             self.model = model.to(self.device).eval()
 

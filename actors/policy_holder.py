@@ -99,8 +99,8 @@ class PolicyHolder:
         """The receiving end of cluster/transport_collective.py: one call per sync."""
         from cluster.transport_collective import receive_state
 
-        device = self.backend.model.device if hasattr(self.backend, "model") else "cpu"
-        state = receive_state(group, buckets, torch.device(device))
+        # Only HF backends receive tensors (config refuses a tensor transport with vLLM).
+        state = receive_state(group, buckets, self.backend.device)
         self.backend.load_weights({"config": config, "state_dict": state}, version)
         return self.backend.version
 

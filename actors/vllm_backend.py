@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from actors.backends import architecture
+
 log = logging.getLogger(__name__)
 
-# config.json keys that do not change the computation (ignored when deciding to restart).
-_NON_ARCH_KEYS = {"transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures"}
 WORKER_EXTENSION = "actors.vllm_worker_extension.PolicyWorkerExtension"
 
 
@@ -68,8 +68,7 @@ def read_lm_head(model_dir: str | Path) -> torch.Tensor:
 
 def arch_config(model_dir: str | Path) -> dict:
     """The part of config.json that fixes what the engine computes (besides the weights)."""
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    return {k: v for k, v in cfg.items() if k not in _NON_ARCH_KEYS}
+    return architecture(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
 class VLLMBackend:

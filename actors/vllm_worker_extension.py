@@ -26,10 +26,3 @@ class PolicyWorkerExtension:
                 module.cos_sin_cache = cache.to(device=old.device, dtype=old.dtype)
                 updated += 1
         return updated
-
-    def rope_theta(self) -> list[float]:
-        """The base of every rotary embedding (for tests and logs)."""
-        from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbeddingBase
-
-        model = self.model_runner.get_model()  # type: ignore[attr-defined]
-        return [float(m.base) for m in model.modules() if isinstance(m, RotaryEmbeddingBase)]

@@ -150,14 +150,21 @@ def test_vllm_rejects_state_dict(ray_local, scorer_pair):
         ray_local.get(scorer_pair[1].load_weights.remote({"x": torch.zeros(1)}, 5))
 
 
-def _variant(new_checkpoint, name: str, change) -> object:
-    """A copy of pi_1 with config.json changed by `change`."""
+def _load_config_variant(ray, vllm, new_checkpoint, docs, name: str, change, version: int):
+    """Load a copy of pi_1 whose config.json `change` altered; check the engine then serves the
+    variant (== an HF reference of it, which differs from pi_1's). Returns engine restarts."""
     out = new_checkpoint.parent / name
     shutil.copytree(new_checkpoint, out, dirs_exist_ok=True)
     cfg = json.loads((out / "config.json").read_text())
     change(cfg)
     (out / "config.json").write_text(json.dumps(cfg))
-    return out
+    seqs = [d["input_ids"] for d in docs]
+    ref = _reference(out, seqs)
+    assert _max_diff(ref, _reference(new_checkpoint, seqs)) > 1e-3  # the change matters
+    restarts = ray.get(vllm.engine_restarts.remote())
+    assert ray.get(vllm.load_weights.remote(str(out), version)) == version
+    assert _max_diff(_score(ray, vllm, docs), ref) < 1e-4
+    return ray.get(vllm.engine_restarts.remote()) - restarts
 
 
 def test_vllm_follows_a_raised_rope_base_in_place(
@@ -171,15 +178,9 @@ def test_vllm_follows_a_raised_rope_base_in_place(
         cfg.pop("rope_theta", None)
         cfg["max_position_embeddings"] = 4096
 
-    rope_dir = _variant(new_checkpoint, "pi2_rope", raise_rope)
-    seqs = [d["input_ids"] for d in scorer_docs]
-    ref = _reference(rope_dir, seqs)
-    assert _max_diff(ref, _reference(new_checkpoint, seqs)) > 1e-3
-    _, vllm = scorer_pair
-    restarts = ray_local.get(vllm.engine_restarts.remote())
-    assert ray_local.get(vllm.load_weights.remote(str(rope_dir), 2)) == 2
-    assert ray_local.get(vllm.engine_restarts.remote()) == restarts  # no restart
-    assert _max_diff(_score(ray_local, vllm, scorer_docs), ref) < 1e-4
+    vllm = scorer_pair[1]
+    args = (ray_local, vllm, new_checkpoint, scorer_docs, "pi2_rope", raise_rope, 2)
+    assert _load_config_variant(*args) == 0  # no restart
 
 
 def test_vllm_restarts_for_other_architecture_changes(
@@ -188,15 +189,9 @@ def test_vllm_restarts_for_other_architecture_changes(
     def change_norm(cfg):
         cfg["rms_norm_eps"] = 0.5
 
-    eps_dir = _variant(new_checkpoint, "pi3_eps", change_norm)
-    seqs = [d["input_ids"] for d in scorer_docs]
-    ref = _reference(eps_dir, seqs)
-    assert _max_diff(ref, _reference(new_checkpoint, seqs)) > 1e-3
-    _, vllm = scorer_pair
-    restarts = ray_local.get(vllm.engine_restarts.remote())
-    assert ray_local.get(vllm.load_weights.remote(str(eps_dir), 3)) == 3
-    assert ray_local.get(vllm.engine_restarts.remote()) == restarts + 1
-    assert _max_diff(_score(ray_local, vllm, scorer_docs), ref) < 1e-4
+    vllm = scorer_pair[1]
+    args = (ray_local, vllm, new_checkpoint, scorer_docs, "pi3_eps", change_norm, 3)
+    assert _load_config_variant(*args) == 1
 
 
 def test_rope_only_change_detects_what_can_be_updated_in_place():

@@ -20,6 +20,17 @@ PREFIX = "KING HENRY. Now, lords, for France; the enterprise whereof shall be to
 OTHER = "The quality of mercy is not strain'd; it droppeth as the gentle rain from heaven. "
 
 
+def _seed_doc(backend: HFBackend, doc_ids: list[int], positions: list[int]) -> dict:
+    """A screened document as the verifier receives it: positions and their entropies (no c)."""
+    h = token_entropies(backend.hidden_states([doc_ids])[0], backend.lm_head_weight(), 64)
+    return {
+        "doc_id": "seed",
+        "input_ids": doc_ids,
+        "positions": positions,
+        "position_entropies": [float(h[p]) for p in positions],
+    }
+
+
 @pytest.fixture(scope="module")
 def case(tiny_world):
     tok = load_tokenizer(tiny_world.model_dir)
@@ -29,13 +40,7 @@ def case(tiny_world):
     start = len(doc_ids) - len(rare)
     positions = [start + 10, start + 18]
     backend = HFBackend(tiny_world.model_dir)
-    h = token_entropies(backend.hidden_states([doc_ids])[0], backend.lm_head_weight(), 64)
-    doc = {
-        "doc_id": "seed",
-        "input_ids": doc_ids,
-        "positions": positions,
-        "position_entropies": [float(h[p]) for p in positions],
-    }
+    doc = _seed_doc(backend, doc_ids, positions)
     copy = tok(OTHER)["input_ids"][:8] + rare + tok(OTHER)["input_ids"][8:16]
     unrelated = tok(OTHER * 2)["input_ids"][:40]
     return doc, copy, unrelated, backend
@@ -173,14 +178,7 @@ def test_chunk_with_the_continuation_is_a_positive(copier, test_config):
     doc_ids = noise[:40] + key + cont + noise[40:60]
     start = 40 + len(key)
     positions = [start + 2, start + 6, start + 10, start + 14]
-    backend = HFBackend(model_dir)
-    h = token_entropies(backend.hidden_states([doc_ids])[0], backend.lm_head_weight(), 64)
-    doc = {
-        "doc_id": "seed",
-        "input_ids": doc_ids,
-        "positions": positions,
-        "position_entropies": [float(h[p]) for p in positions],
-    }
+    doc = _seed_doc(HFBackend(model_dir), doc_ids, positions)
     # Without c the continuation is unpredictable: entropy near uniform on average.
     uniform = torch.log(torch.tensor(float(COPIER_VOCAB))).item()
     assert sum(doc["position_entropies"]) / len(positions) > 0.6 * uniform, doc

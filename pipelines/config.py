@@ -113,7 +113,12 @@ class ScreenSection:
     max_positions: int = field(default=4, metadata=_r(1))
     min_gap: int = field(default=64, metadata=_r(1))
     min_context: int = field(default=32, metadata=_r(0))
-    query_tokens: int = field(default=256, metadata=_r(1))
+    # Retrieval query: EntropyLong's window centred on the anchor token x_t (entropy[t] =
+    # H(x_t | x_<t)), w = 16 (shared/METHOD_NOTES.md section 2.2): query_before tokens, x_t, then
+    # query_after tokens, clipped at the document's edges. The former query (the 256 tokens right
+    # before x_t) is query_before=256, query_after=0, which now also holds x_t itself.
+    query_before: int = field(default=16, metadata=_r(0))
+    query_after: int = field(default=16, metadata=_r(0))
     # Exact entropy tiles (pipelines/entropy.py): rows of h x vocabulary columns per lm_head matmul;
     # a tile should fit in cache (1024 x 2048 float32 = 8 MB).
     lm_head_chunk_tokens: int = field(default=1024, metadata=_r(1))
@@ -298,6 +303,11 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("config key 'stages.seq_lens' must list at least one stage length")
     if cfg.verify.tau_neg > cfg.verify.tau_pos:
         raise ConfigError("config key 'verify.tau_neg' must be <= verify.tau_pos")
+    if cfg.screen.query_before + cfg.screen.query_after < 1:
+        raise ConfigError(
+            "config key 'screen.query_before' + screen.query_after must be >= 1 "
+            "(with both 0 the query is the anchor token alone)"
+        )
     if cfg.corpus.min_chars > cfg.corpus.max_chars:
         raise ConfigError("config key 'corpus.min_chars' must be <= corpus.max_chars")
     tensor_transport = cfg.stages.weight_transport in ("object_store", "collective")

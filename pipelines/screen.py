@@ -1,9 +1,15 @@
 """Screening: exact per-token entropy of seed documents under the current policy, then the
-high-entropy positions and the query text before each (method step 1, shared/DESIGN.md).
+high-entropy positions and the retrieval query around each (method step 1, shared/DESIGN.md).
 
 A position t is a candidate when H_t > mu_d + alpha * sigma_d (mean and std over the document's
 valid entropies) and t >= min_context; the highest-entropy candidates are taken greedily, at least
 min_gap apart, at most max_positions, and returned in position order.
+
+Position t indexes tokens: entropy[t] = H(x_t | x_<t) (pipelines/entropy.py), so the anchor of a
+position t is the token x_t whose prediction is uncertain. Its query is EntropyLong's window
+centred on the anchor (q_i = x_{t_i-w : t_i+w}, w = 16; shared/METHOD_NOTES.md section 2.2):
+screen.query_before tokens before x_t, x_t itself and screen.query_after tokens after it, clipped
+at the document's edges.
 """
 
 from __future__ import annotations
@@ -66,9 +72,21 @@ def select_positions(
     return sorted(chosen)
 
 
-def query_text(tokenizer, ids: list[int], pos: int, query_tokens: int) -> str:
-    """The decoded window of the query_tokens tokens right before position pos."""
-    return tokenizer.decode(ids[max(0, pos - query_tokens) : pos], skip_special_tokens=True)
+def query_window(n_tokens: int, pos: int, before: int, after: int) -> tuple[int, int]:
+    """Token slice [start, stop) of the query for the anchor token pos of an n_tokens document:
+    `before` tokens before it, the anchor itself and `after` tokens after it, clipped at the
+    document's edges (before + 1 + after tokens when nothing is clipped)."""
+    if not 0 <= pos < n_tokens:
+        raise ValueError(f"anchor position {pos} is outside a document of {n_tokens} tokens")
+    if before < 0 or after < 0:
+        raise ValueError(f"query window sizes must be >= 0, got before={before} after={after}")
+    return max(0, pos - before), min(n_tokens, pos + 1 + after)
+
+
+def query_text(tokenizer, ids: list[int], pos: int, before: int, after: int) -> str:
+    """The decoded query window around the anchor token ids[pos] (see query_window)."""
+    start, stop = query_window(len(ids), pos, before, after)
+    return tokenizer.decode(ids[start:stop], skip_special_tokens=True)
 
 
 def screen_row(doc_id: str, ids: list[int], entropy: np.ndarray, tokenizer, cfg: Config) -> dict:
@@ -84,7 +102,9 @@ def screen_row(doc_id: str, ids: list[int], entropy: np.ndarray, tokenizer, cfg:
         "threshold": threshold,
         "positions": positions,
         "position_entropies": [float(entropy[p]) for p in positions],
-        "queries": [query_text(tokenizer, ids, p, s.query_tokens) for p in positions],
+        "queries": [
+            query_text(tokenizer, ids, p, s.query_before, s.query_after) for p in positions
+        ],
     }
 
 

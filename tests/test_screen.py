@@ -59,17 +59,17 @@ def test_degenerate_documents_give_nothing():
     assert select_positions(np.array([], dtype=np.float32), 2.0, 4, 8, 0) == []
 
 
-def test_query_is_the_window_before_the_position(tiny_world):
+def test_query_is_the_window_around_the_anchor(tiny_world):
     from pipelines.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_world.model_dir)
     text = "HAMLET. To be, or not to be, that is the question: whether 'tis nobler in the mind"
     ids = tok(text)["input_ids"]
-    pos = len(ids) - 3
-    q = query_text(tok, ids, pos, query_tokens=5)
-    assert q == tok.decode(ids[pos - 5 : pos])
-    assert text.startswith(tok.decode(ids[:pos])) and tok.decode(ids[:pos]).endswith(q)
-    assert query_text(tok, ids, 3, query_tokens=100) == tok.decode(ids[:3])  # clipped at 0
+    pos = len(ids) - 6
+    q = query_text(tok, ids, pos, before=5, after=2)
+    assert q == tok.decode(ids[pos - 5 : pos + 3])  # 5 before, the anchor ids[pos], 2 after
+    assert q in text
+    assert query_text(tok, ids, 3, before=100, after=100) == tok.decode(ids)  # clipped both ends
 
 
 @pytest.mark.slow

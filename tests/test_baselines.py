@@ -85,7 +85,9 @@ def test_entropylong_screens_every_stage_with_pi0(baseline_run, tiny_world):
     assert stage1 and {s["policy_version"] for s in stage1} == {0}
     assert (stage_dir(cfg, 1) / "model" / "config.json").is_file()  # training still advanced
     screened = pq.read_table(stage_dir(cfg, 1) / "screen").to_pylist()
-    row = next(r for r in screened if r["positions"])
+    with_positions = [r for r in screened if r["positions"]]
+    assert with_positions, f"pi_0 selected no position in {len(screened)} screened documents"
+    row = with_positions[0]
     tok = load_tokenizer(tiny_world.model_dir)
     docs = tokenize_docs(tok, read_docs(tiny_world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
     ids = next(d["input_ids"] for d in docs if d["doc_id"] == row["doc_id"])

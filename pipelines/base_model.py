@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -49,14 +50,15 @@ def pack(token_lists: list[list[int]], eos_id: int, seq_len: int) -> torch.Tenso
     return torch.from_numpy(flat[: rows * seq_len].reshape(rows, seq_len))
 
 
-def add_repeated_spans(blocks: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+def add_repeated_spans(blocks: torch.Tensor, fraction: float, seed: int) -> tuple:
     """Copy a span of the first half of some rows into their second half.
 
-    A few-million-token base never sees enough natural repetition to learn to copy from context
-    (induction); without that no retrieved chunk can lower its entropy and verification finds
-    nothing. Repeated spans in a share of the rows teach it within minutes.
+    Returns (rows, copied): copied marks the tokens a policy that reads its context can predict
+    from the earlier span (all of the copy but its first token). The copy loss on them keeps the
+    induction heads of the warm-up alive and stretches them to the distances of real text.
     """
     out = blocks.clone()
+    copied = torch.zeros_like(out, dtype=torch.bool)
     gen = torch.Generator().manual_seed(seed)
     rows, T = out.shape
     for i in torch.randperm(rows, generator=gen)[: int(rows * fraction)].tolist():
@@ -64,7 +66,54 @@ def add_repeated_spans(blocks: torch.Tensor, fraction: float, seed: int) -> torc
         src = int(torch.randint(0, max(1, T // 2 - length), (1,), generator=gen))
         dst = int(torch.randint(T // 2, max(T // 2 + 1, T - length), (1,), generator=gen))
         out[i, dst : dst + length] = out[i, src : src + length]
-    return out
+        copied[i, dst + 1 : dst + length] = True
+    return out, copied
+
+
+def copy_rows(
+    tokens: torch.Tensor, rows: int, length: int, span: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of random tokens (drawn from `tokens`) in which a span recurs at a random distance:
+    the recurring tokens can only be predicted by finding the earlier occurrence and copying
+    what followed it (an induction head). The distance must vary: with a fixed one (say, the
+    second half repeating the first) a head that attends a fixed offset back solves the task,
+    and nothing carries over to real text (measured: long-copy gain 0.0 after such a warm-up)."""
+    x = tokens[torch.randint(0, len(tokens), (rows, length), generator=gen)]
+    copied = torch.zeros_like(x, dtype=torch.bool)
+    for i in range(rows):
+        src = int(torch.randint(0, length - 2 * span + 1, (1,), generator=gen))
+        dst = int(torch.randint(src + span, length - span + 1, (1,), generator=gen))
+        x[i, dst : dst + span] = x[i, src : src + span]
+        copied[i, dst + 1 : dst + span] = True
+    return x, copied
+
+
+def lm_and_copy_loss(
+    model: Qwen2ForCausalLM,
+    x: torch.Tensor,
+    copied: torch.Tensor,
+    copy_weight: float,
+    vocab: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean next-token NLL + copy_weight x mean NLL over the copied tokens.
+
+    The plain LM loss alone dilutes the copy signal in the few copyable tokens; the second term
+    gives it the weight that makes induction form in minutes instead of never. With `vocab`,
+    the softmax runs over those token ids only (the warm-up draws from them: 1/16 of the
+    lm_head's cost)."""
+    hidden = model.model(input_ids=x).last_hidden_state[:, :-1]
+    targets = x[:, 1:]
+    weight = model.lm_head.weight
+    if vocab is not None:
+        weight = weight[vocab]
+        lookup = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
+        lookup[vocab] = torch.arange(len(vocab))
+        targets = lookup[targets]
+    nll = F.cross_entropy((hidden @ weight.T).flatten(0, 1), targets.flatten(), reduction="none")
+    mask = copied[:, 1:].flatten()
+    if copy_weight == 0 or not mask.any():
+        return nll.mean()
+    return nll.mean() + copy_weight * nll[mask].mean()
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -96,6 +145,29 @@ def unigram_nll(train_blocks: torch.Tensor, eval_blocks: torch.Tensor, vocab_siz
     return float(-logp[targets].mean())
 
 
+Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # rows, copied mask, vocab
+
+
+def _train_steps(model, opt, steps: int, parts, cfg: PretrainSection, desc: str) -> float:
+    """AdamW steps on the summed loss of the parts each step draws (warmup + cosine per phase)."""
+    model.train()
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    loss = torch.tensor(float("nan"))
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, cfg.lr, cfg.warmup_steps)
+        loss = sum(
+            lm_and_copy_loss(model, x, copied, cfg.copy_loss_weight, vocab)
+            for x, copied, vocab in parts(step)
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    return float(loss.item())
+
+
 def pretrain(
     model: Qwen2ForCausalLM,
     train_blocks: torch.Tensor,
@@ -103,38 +175,67 @@ def pretrain(
     cfg: PretrainSection,
     seed: int,
 ) -> dict:
-    """Short-context pretraining; returns metrics (held-out perplexity vs unigram)."""
+    """Short-context pretraining in three phases; returns metrics (held-out perplexity vs
+    unigram, time per phase).
+
+    A few million tokens of natural text never repeat enough for induction heads (find the
+    earlier occurrence of the current token, copy what followed) to form, and without them the
+    policy cannot use its context at all: verification would measure noise. So:
+      1. induction: short rows of random frequent tokens with a span recurring at a random
+         distance (the softmax over those tokens only, 1/16 of the lm_head's cost);
+      2. distance: the same at the full pretraining length, so the heads reach across it;
+      3. text: language modelling on the corpus, with copied spans in a share of the rows and
+         copy_mix_rows rows of phase 2 in every step, so the heads survive and carry over.
+    """
     torch.manual_seed(seed)
     torch.set_num_threads(cfg.threads)
-    steps = max(1, cfg.max_tokens // (cfg.batch_size * cfg.seq_len))
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
     )
     gen = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(train_blocks.flatten(), minlength=model.config.vocab_size)
+    frequent = torch.argsort(counts, descending=True)[: cfg.copy_vocab]
+    long_rows = max(1, cfg.copy_rows * cfg.copy_row_len // cfg.seq_len)  # same tokens per step
+
+    def induction(_: int) -> list[Part]:
+        rows = copy_rows(frequent, cfg.copy_rows, cfg.copy_row_len, cfg.copy_span, gen)
+        return [(*rows, frequent)]
+
+    def distance(_: int, n: int = long_rows) -> list[Part]:
+        return [(*copy_rows(frequent, n, cfg.seq_len, cfg.copy_distance_span, gen), frequent)]
+
     order = torch.randperm(len(train_blocks), generator=gen)
-    train_rows = add_repeated_spans(train_blocks, cfg.repeat_fraction, seed)
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(steps), desc="pretrain base", unit="step")
-    for step in bar:
+    text_rows, text_copied = add_repeated_spans(train_blocks, cfg.repeat_fraction, seed)
+
+    def text(step: int) -> list[Part]:
         idx = order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % len(order)]
-        batch = train_rows[idx]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, cfg.lr, cfg.warmup_steps)
-        loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    train_s = time.perf_counter() - start
+        parts = [(text_rows[idx], text_copied[idx], None)]
+        if cfg.copy_mix_rows:
+            parts += distance(step, cfg.copy_mix_rows)
+        return parts
+
+    text_steps = max(1, cfg.max_tokens // (cfg.batch_size * cfg.seq_len))
+    times = {}
+    for name, steps, parts in (
+        ("induction", cfg.copy_induction_steps, induction),
+        ("distance", cfg.copy_distance_steps, distance),
+        ("text", text_steps, text),
+    ):
+        start = time.perf_counter()
+        _train_steps(model, opt, steps, parts, cfg, f"pretrain base: {name}")
+        times[f"{name}_s"] = round(time.perf_counter() - start, 1)
     model_nll = mean_nll(model, heldout_blocks, cfg.batch_size)
     uni_nll = unigram_nll(train_blocks, heldout_blocks, model.config.vocab_size)
+    text_tokens = text_steps * cfg.batch_size * cfg.seq_len
     return {
         "params": sum(p.numel() for p in model.parameters()),
-        "train_tokens": steps * cfg.batch_size * cfg.seq_len,
-        "train_s": round(train_s, 1),
-        "train_tokens_per_s": round(steps * cfg.batch_size * cfg.seq_len / train_s, 1),
+        "copy_rows_tokens": (cfg.copy_induction_steps + cfg.copy_distance_steps)
+        * cfg.copy_rows
+        * cfg.copy_row_len,
+        "train_tokens": text_tokens,
+        "train_s": round(sum(times.values()), 1),
+        "phase_s": times,
+        "train_tokens_per_s": round(text_tokens / max(1e-9, times["text_s"]), 1),
         "heldout_tokens": int(heldout_blocks.numel()),
         "heldout_ppl": math.exp(model_nll),
         "unigram_ppl": math.exp(uni_nll),

@@ -82,6 +82,20 @@ class PretrainSection:
     weight_decay: float = field(default=0.1, metadata=_r(0.0, 1.0))
     eval_tokens: int = field(default=40_000, metadata=_r(1))
     repeat_fraction: float = field(default=0.3, metadata=_r(0.0, 1.0))  # rows with a copied span
+    # Induction phases before the text (pipelines/base_model.pretrain): rows of random frequent
+    # tokens with a span recurring at a random distance, first short rows, then rows of seq_len;
+    # then copy_mix_rows such rows in every text step and copy_loss_weight x the NLL of copied
+    # tokens. Off by default (0 steps, weight 0: plain LM pretraining) until a setting is found
+    # that also keeps perplexity well below the unigram's in budget; README "pi_0 that copies".
+    copy_induction_steps: int = field(default=0, metadata=_r(0))
+    copy_distance_steps: int = field(default=0, metadata=_r(0))
+    copy_rows: int = field(default=32, metadata=_r(1))
+    copy_row_len: int = field(default=128, metadata=_r(8))
+    copy_span: int = field(default=32, metadata=_r(2))
+    copy_distance_span: int = field(default=64, metadata=_r(2))
+    copy_vocab: int = field(default=512, metadata=_r(2))
+    copy_mix_rows: int = field(default=0, metadata=_r(0))
+    copy_loss_weight: float = field(default=0.0, metadata=_r(0.0))
     threads: int = field(default=2, metadata=_r(1))
 
 
@@ -301,6 +315,12 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if not cfg.stages.seq_lens:
         raise ConfigError("config key 'stages.seq_lens' must list at least one stage length")
+    p = cfg.pretrain
+    if p.copy_row_len < 2 * p.copy_span or p.seq_len < 2 * p.copy_distance_span:
+        raise ConfigError(
+            "config key 'pretrain.copy_span' / 'pretrain.copy_distance_span' must be at most half"
+            " of pretrain.copy_row_len / pretrain.seq_len (a span recurs once in its row)"
+        )
     if cfg.verify.tau_neg > cfg.verify.tau_pos:
         raise ConfigError("config key 'verify.tau_neg' must be <= verify.tau_pos")
     if cfg.screen.query_before + cfg.screen.query_after < 1:

@@ -28,7 +28,7 @@ from pipelines.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 # Part of the cache key: bump when the code that builds the base changes its result.
-BASE_BUILD_VERSION = 3
+BASE_BUILD_VERSION = 4
 
 
 @dataclass

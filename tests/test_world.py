@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,3 +63,72 @@ def test_unigram_baseline_matches_hand_computation():
     # counts+1 over vocab 3: [3, 2, 2] / 7; targets 0, 1
     expected = -(math.log(3 / 7) + math.log(2 / 7)) / 2
     assert abs(base_model.unigram_nll(train, evalb, 3) - expected) < 1e-9
+
+
+def test_copy_rows_recur_at_varying_distances_and_mark_only_copyable_tokens():
+    tokens = torch.arange(100, 356)  # 256 ids
+    gen = torch.Generator().manual_seed(0)
+    x, copied = base_model.copy_rows(tokens, rows=64, length=128, span=16, gen=gen)
+    assert x.shape == copied.shape == (64, 128)
+    assert bool(((x >= 100) & (x < 356)).all())
+    distances = set()
+    for row, mask in zip(x.tolist(), copied.tolist(), strict=True):
+        marked = [t for t, m in enumerate(mask) if m]
+        assert len(marked) == 15  # the span but its first token (nothing announces a repeat)
+        dst = marked[0] - 1
+        # the recurring span equals an earlier one, at least a span back
+        src = [s for s in range(dst - 16 + 1) if row[s : s + 16] == row[dst : dst + 16]]
+        assert src, row
+        distances.add(dst - src[-1])
+    assert len(distances) > 20  # a fixed offset would teach a positional shortcut, not induction
+
+
+def test_copy_span_longer_than_half_a_row_is_one_config_line(load_test_profile):
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pretrain.copy_span"):
+        load_test_profile("pretrain.copy_row_len=32", "pretrain.copy_span=20")
+
+
+def test_pretrain_runs_the_induction_phases_and_reports_their_time(test_config, monkeypatch):
+    import dataclasses
+
+    from pipelines.config import ModelSection
+
+    cfg = dataclasses.replace(
+        test_config.pretrain,
+        seq_len=64,
+        batch_size=2,
+        max_tokens=2 * 64 * 3,  # 3 text steps
+        copy_induction_steps=3,
+        copy_distance_steps=2,
+        copy_rows=4,
+        copy_row_len=32,
+        copy_span=8,
+        copy_distance_span=16,
+        copy_vocab=40,
+        copy_mix_rows=1,
+        copy_loss_weight=1.0,
+        threads=1,
+    )
+    shape = ModelSection(hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1)
+    model = base_model.build_model(shape, vocab_size=64, eos_id=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    blocks = torch.randint(1, 64, (16, 64), generator=torch.Generator().manual_seed(0))
+    calls = []  # (rows shape, restricted softmax?) of every loss the phases compute
+    real_loss = base_model.lm_and_copy_loss
+
+    def counting(model, x, copied, weight, vocab=None):
+        calls.append((tuple(x.shape), vocab is not None))
+        return real_loss(model, x, copied, weight, vocab)
+
+    monkeypatch.setattr(base_model, "lm_and_copy_loss", counting)
+    metrics = base_model.pretrain(model, blocks, blocks[:2], cfg, seed=0)
+    induction, distance = [((4, 32), True)] * 3, [((2, 64), True)] * 2
+    text = [((2, 64), False), ((1, 64), True)] * 3  # corpus rows + copy_mix_rows copy rows
+    assert calls == induction + distance + text
+    assert set(metrics["phase_s"]) == {"induction_s", "distance_s", "text_s"}
+    assert metrics["copy_rows_tokens"] == (3 + 2) * 4 * 32
+    assert metrics["train_tokens"] == 3 * 2 * 64
+    assert math.isfinite(metrics["heldout_ppl"])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -8,9 +8,12 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from pipelines.config import Config, load_config
 from pipelines.errors import UserError
+
+DEFAULT_PROBE_DISTANCES = (128, 256, 768)  # here, not in probe.py: that imports torch
 
 log = logging.getLogger("policylong")
 
@@ -63,7 +66,53 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
 
     if not (cfg.run_dir / "stages").is_dir():
         raise UserError(f"no stages under '{cfg.run_dir}': run `policylong run` first")
-    print(f"report: {write_report(cfg.run_dir)}")
+    print(f"report: {write_report(cfg.run_dir, cfg)}")
+
+
+def cmd_probe(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.probe import check_distances, plot_gains, probe_model
+
+    distances = _distances(args.distances)
+    if args.samples < 2:
+        raise UserError(f"--samples {args.samples}: use at least 2 (the gain's standard error)")
+    for model_dir in args.model:
+        check_distances(distances, model_dir)  # before any loading: one line, exit code 2
+    corpus_dir = cfg.run_dir / "corpus"
+    if not (corpus_dir / "manifest.json").is_file():
+        from cluster.runtime import init_ray
+        from pipelines.world import ensure_corpus
+
+        init_ray(cfg.cluster)
+        corpus_dir = ensure_corpus(cfg)
+    results = [
+        probe_model(
+            model_dir,
+            corpus_dir,
+            distances,
+            tokenizer_dir=cfg.tokenizer.path or None,
+            samples=args.samples,
+            seed=args.seed,
+            heldout_context=cfg.pretrain.seq_len,
+            heldout_tokens=cfg.pretrain.eval_tokens,
+        )
+        for model_dir in args.model
+    ]
+    out = Path(args.out) if args.out else cfg.run_dir / "probe"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps({"models": results}, indent=2))
+    plot_gains(results, out / "probe.png")
+    line = {"out": str(out), "models": results}
+    print(json.dumps(line))
+
+
+def _distances(text: str) -> list[int]:
+    try:
+        distances = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--distances '{text}': expected comma-separated integers") from None
+    if not distances:
+        raise UserError("--distances: give at least one distance")
+    return distances
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
@@ -86,10 +135,49 @@ COMMANDS = {
         "chunk, embed and index the corpus into sharded FAISS files (cache_dir/index-<key>)",
     ),
     "screen": (cmd_screen, "screen training documents with pi_0: entropy, positions, queries"),
+    "probe": (
+        cmd_probe,
+        "long-copy probe: how much a model's NLL of a 24-token span drops when the span also "
+        "occurred D tokens earlier (nats/token), plus held-out perplexity; writes probe.json/png",
+    ),
     "report": (cmd_report, "rewrite a run's stage summaries, plots and report.md"),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
     "show-config": (cmd_show_config, "print the fully resolved config"),
 }
+
+
+def _probe_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="HF model directory to probe (repeatable: one line per model in probe.png)",
+    )
+    p.add_argument(
+        "--distances",
+        default=",".join(map(str, DEFAULT_PROBE_DISTANCES)),
+        help="comma-separated distances D in tokens from the span's first occurrence to its "
+        "second; D + 24 must fit max_position_embeddings (default: %(default)s)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=12, help="samples per distance (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="picks the samples; same seed, same inputs for every model (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default="",
+        help="folder for probe.json and probe.png (default: <run dir>/probe, the run dir "
+        "being run.output_dir/run.name of the config)",
+    )
+
+
+ARGUMENTS = {"probe": _probe_arguments}  # subcommand-specific flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _common(p)
+        if name in ARGUMENTS:
+            ARGUMENTS[name](p)
         p.set_defaults(fn=fn)
     return parser
 

@@ -1,7 +1,9 @@
 """Stage reports: a JSON summary and PNG plots per stage, and one Markdown page across stages
 that shows the self-curriculum (how the entropy landscape, verification and counts shift).
 
-Reads only what the stage wrote to disk, so it can be re-run on any finished run directory.
+Reads only what the stage wrote to disk, so it can be re-run on any finished run directory. The
+long-copy probe (pipelines/probe.py) is re-measured on pi_0 and every stage's checkpoint: whether
+each reads its context at distances up to the longest stage's sequence length.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+
+from pipelines.config import Config, PretrainSection, load_config  # noqa: E402
+
+# Long-copy probe distances, kept where D + span fits the longest stage (and the model).
+PROBE_DISTANCES = (128, 256, 768, 1536, 3072, 6144, 12288)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -94,8 +101,14 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def write_report(run_dir: Path) -> Path:
-    """Per-stage summary.json + PNGs, and run_dir/report.md across stages."""
+def write_report(run_dir: Path, cfg: Config | None = None) -> Path:
+    """Per-stage summary.json + PNGs, and run_dir/report.md across stages.
+
+    cfg: the run's config (default: run_dir/config.yaml, which `policylong run` writes); without
+    one, the long-copy probe leaves out pi_0 and scores perplexity at the default pretrain
+    context."""
+    if cfg is None and (run_dir / "config.yaml").is_file():
+        cfg = load_config(run_dir / "config.yaml")
     stages = sorted(p for p in (run_dir / "stages").glob("stage_*") if p.is_dir())
     rows, lines = [], [f"# PolicyLong run `{run_dir.name}`", ""]
     for stage_dir in stages:
@@ -114,6 +127,7 @@ def write_report(run_dir: Path) -> Path:
             lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
         if len(rows) > 1:
             lines += ["", f"![curriculum]({_plot_curriculum(run_dir, rows)})"]
+    lines += _probe_section(run_dir, stages, cfg)
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out
@@ -135,3 +149,93 @@ def _plot_curriculum(run_dir: Path, rows: list[dict]) -> str:
         ax.plot(x, [row.get(key, np.nan) for row in rows], marker="o")
         ax.set(title=title, xlabel="stage", xticks=list(x))
     return _save(fig, run_dir / "curriculum.png")
+
+
+def _base_model_dir(cfg: Config, corpus_dir: Path) -> Path | None:
+    """pi_0 of the run: model.path, else the cached base ensure_world built (None when gone)."""
+    if cfg.model.path:
+        return Path(cfg.model.path)
+    from pipelines.world import base_dir
+
+    base = base_dir(cfg, corpus_dir)
+    return base if (base / "config.json").is_file() else None
+
+
+def _probe_targets(run_dir: Path, stages: list[Path], cfg: Config | None) -> list[dict]:
+    """pi_0 and every finished stage's checkpoint, with the context each was trained at."""
+    targets = []
+    if cfg is not None:
+        base = _base_model_dir(cfg, run_dir / "corpus")
+        if base is not None:
+            trained = None if cfg.model.path else cfg.pretrain.seq_len
+            targets.append({"name": "pi_0", "model_dir": base, "trained_context": trained})
+    for stage_dir in stages:
+        manifest = stage_dir / "stage_manifest.json"
+        if manifest.is_file() and (stage_dir / "model" / "config.json").is_file():
+            seq_len = json.loads(manifest.read_text())["seq_len"]
+            targets.append(
+                {
+                    "name": f"{stage_dir.name} (pi_{int(stage_dir.name.split('_')[1]) + 1})",
+                    "model_dir": stage_dir / "model",
+                    "trained_context": seq_len,
+                }
+            )
+    return targets
+
+
+def _probe_section(run_dir: Path, stages: list[Path], cfg: Config | None) -> list[str]:
+    """Long-copy gain and held-out perplexity of every checkpoint: run_dir/probe.json, probe.png
+    and a table. Every model gets the same inputs at every distance up to the longest stage."""
+    from pipelines.probe import SAMPLES, SPAN, max_positions, plot_gains, probe_model
+
+    targets = _probe_targets(run_dir, stages, cfg)
+    manifests = [s / "stage_manifest.json" for s in stages]
+    seq_lens = [json.loads(m.read_text())["seq_len"] for m in manifests if m.is_file()]
+    wanted = [d for d in PROBE_DISTANCES if d + SPAN <= max(seq_lens, default=0)]
+    if not targets or not wanted or not (run_dir / "corpus" / "manifest.json").is_file():
+        return []
+    pretrain = cfg.pretrain if cfg is not None else PretrainSection()
+    results = []
+    for target in targets:
+        limit = max_positions(target["model_dir"]) - SPAN
+        result = probe_model(
+            target["model_dir"],
+            run_dir / "corpus",
+            [d for d in wanted if d <= limit],
+            tokenizer_dir=(cfg.tokenizer.path or None) if cfg is not None else None,
+            seed=cfg.run.seed if cfg is not None else 0,
+            heldout_context=pretrain.seq_len,
+            heldout_tokens=pretrain.eval_tokens,
+        )
+        results.append(
+            result | {"name": target["name"], "trained_context": target["trained_context"]}
+        )
+    (run_dir / "probe.json").write_text(json.dumps({"models": results}, indent=2))
+    png = plot_gains(results, run_dir / "probe.png", "long-copy probe across checkpoints").name
+    context = results[0]["heldout_context"]
+    lines = [
+        "",
+        "## Long-copy probe",
+        "",
+        f"gain(D): how much lower the NLL (nats/token) of a {SPAN}-token held-out span is when it "
+        f"also occurred D tokens earlier; {SAMPLES} samples per D, the same inputs for every "
+        "model (pipelines/probe.py). ~0 = the model does not read that far back. "
+        f"`*` = D + {SPAN} is beyond the context the model was trained at. Held-out perplexity "
+        f"at context {context}.",
+        "",
+        "| model | trained context | held-out ppl | " + " | ".join(f"D={d}" for d in wanted) + " |",
+        "|---" * (len(wanted) + 3) + "|",
+    ]
+    for r in results:
+        cells = []
+        for d in wanted:
+            gain = r["gain"].get(str(d))
+            beyond = r["trained_context"] and d + SPAN > r["trained_context"]
+            if gain is not None:
+                gain = round(gain, 2) + 0.0  # + 0.0: no "-0.00"
+            cells.append("-" if gain is None else f"{gain:.2f}" + ("*" if beyond else ""))
+        trained = r["trained_context"] or "?"
+        lines.append(
+            f"| {r['name']} | {trained} | {r['heldout_ppl']:.4g} | " + " | ".join(cells) + " |"
+        )
+    return lines + ["", f"![long-copy probe]({png})"]

@@ -28,7 +28,7 @@ from pipelines.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 # Part of the cache key: bump when the code that builds the base changes its result.
-BASE_BUILD_VERSION = 4
+BASE_BUILD_VERSION = 5
 
 
 @dataclass
@@ -67,6 +67,12 @@ def ensure_corpus(cfg: Config) -> Path:
 def _corpus_hash(corpus_dir: Path) -> str:
     ids = read_docs(corpus_dir)["doc_id"].to_pylist()
     return hashlib.sha256("".join(ids).encode()).hexdigest()[:12]
+
+
+def base_dir(cfg: Config, corpus_dir: Path) -> Path:
+    """Where the embedded base built from this config and corpus is cached (built or not)."""
+    key = cfg.fingerprint("tokenizer", "model", "pretrain") + f"-v{BASE_BUILD_VERSION}-"
+    return Path(cfg.run.cache_dir) / f"base-{key}{_corpus_hash(corpus_dir)}"
 
 
 def _build_base(cfg: Config, corpus_dir: Path, out: Path) -> dict:
@@ -117,9 +123,7 @@ def ensure_world(cfg: Config) -> World:
             )
         load_tokenizer(cfg.tokenizer.path or model_dir)  # fail early with a clear line
         return World(corpus_dir, model_dir, {})
-    key = cfg.fingerprint("tokenizer", "model", "pretrain") + f"-v{BASE_BUILD_VERSION}-"
-    key += _corpus_hash(corpus_dir)
-    out = Path(cfg.run.cache_dir) / f"base-{key}"
+    out = base_dir(cfg, corpus_dir)
     if (out / "base_metrics.json").is_file():
         log.info("base model: reusing cached %s", out)
         return World(corpus_dir, out, json.loads((out / "base_metrics.json").read_text()))

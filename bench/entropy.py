@@ -8,6 +8,12 @@
 - tokens_per_s_entropy / tokens_per_s_forward: a small-body Qwen2 with vocab 151936; the entropy
   path (body + chunked compiled entropy) vs a plain HF forward producing T x V logits, same input.
 
+On a GPU (--device cuda --dtype bfloat16, used by bench/gpu_smoke.sh) peak memory is
+torch.cuda.max_memory_allocated measured in-process, and --peak-tflops adds MFU (model FLOPs over
+time over the peak); --heads/--kv-heads/--intermediate give the body a real model's shape,
+--tile-sweep times the lm_head entropy per vocabulary tile, --speed-naive times full logits +
+log_softmax entropy next to it. The defaults are the CPU benchmark above, unchanged.
+
     .venv/bin/python bench/entropy.py [--model-dir runs/cache/base-...] [--threads 2]
 """
 
@@ -25,6 +31,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _args() -> argparse.Namespace:
@@ -38,6 +45,11 @@ def _args() -> argparse.Namespace:
     p.add_argument("--vocab", type=int, default=151936, help="vocabulary of the speed/memory model")
     p.add_argument("--hidden", type=int, default=256, help="hidden size of the speed/memory model")
     p.add_argument("--layers", type=int, default=2, help="layers of the speed model body")
+    p.add_argument("--heads", type=int, default=0, help="attention heads (0: hidden / 64)")
+    p.add_argument("--kv-heads", type=int, default=0, help="key/value heads (0: as --heads)")
+    p.add_argument("--intermediate", type=int, default=0, help="MLP width (0: 2 x hidden)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype")
     p.add_argument("--chunk", type=int, default=1024, help="rows of h per lm_head tile")
     p.add_argument("--vocab-tile", type=int, default=2048, help="vocabulary columns per tile")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -50,7 +62,15 @@ def _args() -> argparse.Namespace:
         help="skip naive memory runs whose logits would need more than this",
     )
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (best is reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed ones")
     p.add_argument("--skip-vllm", action="store_true", help="skip the vLLM parity part")
+    p.add_argument("--tile-sweep", default="", help="vocab tiles to time the lm_head entropy with")
+    p.add_argument(
+        "--speed-naive", action="store_true", help="also time full logits + log_softmax entropy"
+    )
+    p.add_argument(
+        "--peak-tflops", type=float, default=0.0, help="peak FLOP/s of the device for MFU (0: off)"
+    )
     p.add_argument("--_mem-child", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
     return p.parse_args()
 
@@ -77,27 +97,79 @@ def _peak_rss_delta_mb(fn) -> float:
     return (peak[0] - base) / 2**20
 
 
-def _mem_child(args: argparse.Namespace) -> None:
+def _progress(msg: str) -> None:
+    print(f"[bench/entropy] {msg}", file=sys.stderr, flush=True)
+
+
+def _is_cuda(args) -> bool:
+    return args.device.startswith("cuda")
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_cuda_delta_mb(fn) -> float:
+    """Run fn; peak CUDA memory allocated during it minus what was allocated before, in MB."""
+    import torch
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _naive_entropy(h, w):
+    """The obvious way: full logits (in float32), log_softmax, p * logp."""
+    import torch
+
+    logp = torch.log_softmax((h @ w.T).float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _mem_peak_mb(args: argparse.Namespace, mode: str, t: int) -> float:
+    """Peak extra memory of the entropy of t random rows: chunked (the project's) or naive."""
     import torch
 
     from pipelines.entropy import token_entropies
 
-    mode, t = args._mem_child[0], int(args._mem_child[1])
-    torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(args.vocab, args.hidden, generator=g) * 0.02
-    h = torch.randn(t, args.hidden, generator=g)
+    dev, dtype = args.device, getattr(torch, args.dtype)
+    g = torch.Generator(device=dev).manual_seed(0)
+    w = (torch.randn(args.vocab, args.hidden, generator=g, device=dev) * 0.02).to(dtype)
+    h = torch.randn(t, args.hidden, generator=g, device=dev).to(dtype)
+    measure = _peak_cuda_delta_mb if _is_cuda(args) else _peak_rss_delta_mb
     if mode == "chunked":
         token_entropies(h[:8], w, args.chunk, args.vocab_tile)  # compile outside the measurement
-        delta = _peak_rss_delta_mb(lambda: token_entropies(h, w, args.chunk, args.vocab_tile))
-    else:  # the obvious way: full logits, log_softmax, p * logp
+        return measure(lambda: token_entropies(h, w, args.chunk, args.vocab_tile))
+    return measure(lambda: _naive_entropy(h, w))
 
-        def naive():
-            logp = torch.log_softmax(h @ w.T, dim=-1)
-            return -(logp.exp() * logp).sum(-1)
 
-        delta = _peak_rss_delta_mb(naive)
-    print(json.dumps({"peak_mb": round(delta, 1)}))
+def _mem_child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    mode, t = args._mem_child[0], int(args._mem_child[1])
+    print(json.dumps({"peak_mb": round(_mem_peak_mb(args, mode, t), 1)}))
+
+
+def _mem(args, mode: str, t: int) -> float | str:
+    """CPU: RSS in a fresh subprocess; CUDA: allocator statistics in-process."""
+    _progress(f"memory {mode} at {t} tokens")
+    if not _is_cuda(args):
+        return _mem_in_subprocess(args, mode, t)
+    import torch
+
+    try:
+        return round(_mem_peak_mb(args, mode, t), 1)
+    except torch.OutOfMemoryError:
+        return "out of memory"
+    finally:
+        torch.cuda.empty_cache()
 
 
 def _mem_in_subprocess(args, mode: str, t: int) -> float:
@@ -117,41 +189,119 @@ def _mem_in_subprocess(args, mode: str, t: int) -> float:
         str(args.vocab_tile),
         "--threads",
         str(args.threads),
+        "--dtype",
+        args.dtype,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
 
-def _best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (compilation, allocator)
+def _best_time(fn, repeats: int, device: str = "cpu", warmup: int = 1) -> float:
+    for _ in range(warmup):  # compilation, allocator
+        fn()
+    _sync(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
+def _timed(fn, args) -> tuple[float | None, float | None]:
+    """Best time and, on CUDA, peak memory allocated (MB, weights included); (None, None) on OOM."""
+    import torch
+
+    if not _is_cuda(args):
+        return _best_time(fn, args.repeats, warmup=args.warmup), None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        t = _best_time(fn, args.repeats, args.device, args.warmup)
+    except torch.OutOfMemoryError:
+        return None, None
+    finally:
+        torch.cuda.empty_cache()
+    return t, round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def _body_config(args):
+    from transformers import Qwen2Config
+
+    heads = args.heads or args.hidden // 64
+    return Qwen2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=args.kv_heads or heads,
+        head_dim=args.hidden // heads,
+        intermediate_size=args.intermediate or 2 * args.hidden,
+        max_position_embeddings=max(32768, args.speed_tokens),
+        tie_word_embeddings=True,
+        use_cache=False,
+    )
+
+
+def _flops(cfg, t: int) -> tuple[float, float]:
+    """Forward FLOPs for t tokens, (body, lm_head): 2 per weight per token + causal attention."""
+    d, q = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim
+    kv = cfg.num_key_value_heads * cfg.head_dim
+    per_layer = 2 * t * (2 * d * q + 2 * d * kv + 3 * d * cfg.intermediate_size) + 2 * t * t * q
+    return cfg.num_hidden_layers * per_layer, 2 * t * d * cfg.vocab_size
+
+
+def _rate(flops: float, seconds: float | None, args) -> float | None:
+    return None if seconds is None else float(f"{flops / seconds / (args.peak_tflops * 1e12):.4g}")
+
+
+def _tile_sweep(h, w, args, head_flops: float) -> dict:
+    """lm_head entropy time per vocabulary tile (rows per block: --chunk)."""
+    from pipelines.entropy import token_entropies
+
+    out, n = {}, args.speed_tokens
+    for tile in [int(x) for x in args.tile_sweep.split(",") if x]:
+        _progress(f"vocab tile {tile}")
+        t, _ = _timed(lambda tile=tile: token_entropies(h, w, args.chunk, tile), args)
+        row = {"lm_head_entropy_s": _round(t, 4), "tokens_per_s": _round(t and n / t, 1)}
+        if args.peak_tflops:
+            row["mfu"] = _rate(head_flops, t, args)
+        out[str(tile)] = row
+    return out
+
+
+def _naive_head(h, w, args) -> float | str:
+    """Time of full logits + log_softmax entropy, if its logits fit --naive-max-gb."""
+    need_gb = 3 * h.shape[0] * args.vocab * 4 / 2**30  # logits, log_softmax, exp
+    if need_gb > args.naive_max_gb:
+        return f"skipped: needs ~{need_gb:.0f} GB"
+    t, _ = _timed(lambda: _naive_entropy(h, w), args)
+    return "out of memory" if t is None else round(t, 4)
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a / b, 3)
+
+
 def _speed(args) -> dict:
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     from pipelines.entropy import token_entropies
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.hidden // 64,
-        num_key_value_heads=args.hidden // 64,
-        head_dim=64,
-        intermediate_size=2 * args.hidden,
-        tie_word_embeddings=True,
-    )
-    model = Qwen2ForCausalLM(cfg).eval()
-    ids = torch.randint(0, args.vocab, (1, args.speed_tokens))
+    cfg = _body_config(args)
+    _progress(f"building the body on {args.device} ({args.layers} layers, {args.dtype})")
+    with torch.device(args.device):
+        model = Qwen2ForCausalLM(cfg)
+    model = model.to(getattr(torch, args.dtype)).eval()
+    ids = torch.randint(0, args.vocab, (1, args.speed_tokens)).to(args.device)
     w = model.get_output_embeddings().weight.detach()
 
     @torch.no_grad()
@@ -166,23 +316,51 @@ def _speed(args) -> dict:
 
     with torch.no_grad():
         h = model.model(input_ids=ids).last_hidden_state[0]
-    t_ent = _best_time(entropy_path, args.repeats)
-    t_fwd = _best_time(forward_logits, args.repeats)
-    t_head_ent = _best_time(
-        lambda: token_entropies(h, w, args.chunk, args.vocab_tile), args.repeats
-    )
-    t_head_mm = _best_time(lambda: h @ w.T, args.repeats)
+    token_entropies(h[:8], w, args.chunk, args.vocab_tile)  # compiled before any timing
+    _progress(f"speed at {args.speed_tokens} tokens: entropy path, forward, lm_head")
+    t_ent, peak_ent = _timed(entropy_path, args)
+    t_fwd, peak_fwd = _timed(forward_logits, args)
+    t_head_ent, _ = _timed(lambda: token_entropies(h, w, args.chunk, args.vocab_tile), args)
+    t_head_mm, _ = _timed(lambda: h @ w.T, args)
     n = args.speed_tokens
-    return {
-        "tokens_per_s_entropy": round(n / t_ent, 1),
-        "tokens_per_s_forward": round(n / t_fwd, 1),
-        "entropy_vs_forward_speed": round(t_fwd / t_ent, 3),
+    result = {
+        "tokens_per_s_entropy": _round(t_ent and n / t_ent, 1),
+        "tokens_per_s_forward": _round(t_fwd and n / t_fwd, 1),
+        "entropy_vs_forward_speed": _ratio(t_fwd, t_ent),
         "lm_head_only": {
-            "entropy_s": round(t_head_ent, 3),
-            "bare_matmul_s": round(t_head_mm, 3),
-            "ratio": round(t_head_mm / t_head_ent, 3),
+            "entropy_s": _round(t_head_ent, 3),
+            "bare_matmul_s": _round(t_head_mm, 3),
+            "ratio": _ratio(t_head_mm, t_head_ent),
         },
     }
+    body_flops, head_flops = _flops(cfg, n)
+    if _is_cuda(args):
+        from pipelines import entropy
+
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        result |= {
+            "entropy_update_compiled": not entropy._compile_failed,  # else eager fallback
+            "weights_mb": round(weights / 2**20, 1),
+            "peak_mem_mb_entropy_path": peak_ent,
+            "peak_mem_mb_forward": peak_fwd,
+        }
+    if args.speed_naive:
+        naive = _naive_head(h, w, args)
+        result["lm_head_only"]["naive_s"] = naive
+        if isinstance(naive, float):
+            result["lm_head_only"]["naive_vs_entropy"] = _ratio(naive, t_head_ent)
+    if args.peak_tflops:
+        result["mfu"] = {
+            "entropy_path": _rate(body_flops + head_flops, t_ent, args),
+            "forward": _rate(body_flops + head_flops, t_fwd, args),
+            "lm_head_entropy": _rate(head_flops, t_head_ent, args),
+            "lm_head_bare_matmul": _rate(head_flops, t_head_mm, args),
+            "peak_tflops": args.peak_tflops,
+            "flops_entropy_path": body_flops + head_flops,
+        }
+    if args.tile_sweep:
+        result["vocab_tile_sweep"] = _tile_sweep(h, w, args, head_flops)
+    return result
 
 
 def _default_model_dir() -> str:
@@ -228,16 +406,16 @@ def main() -> None:
     if args._mem_child:
         _mem_child(args)
         return
-    lengths = [int(x) for x in args.mem_lengths.split(",")]
+    lengths = [int(x) for x in args.mem_lengths.split(",") if x]
     result: dict = {}
     if not args.skip_vllm:
         result |= _parity(args)
-    result["peak_mem_mb"] = {str(t): _mem_in_subprocess(args, "chunked", t) for t in lengths}
+    result["peak_mem_mb"] = {str(t): _mem(args, "chunked", t) for t in lengths}
     naive = {}
     for t in lengths:
         need_gb = 3 * t * args.vocab * 4 / 2**30  # logits, log_softmax, exp
         naive[str(t)] = (
-            _mem_in_subprocess(args, "naive", t)
+            _mem(args, "naive", t)
             if need_gb <= args.naive_max_gb
             else f"skipped: needs ~{need_gb:.0f} GB"
         )
@@ -251,6 +429,17 @@ def main() -> None:
         "threads": args.threads,
         "speed_tokens": args.speed_tokens,
     }
+    if _is_cuda(args) or args.dtype != "float32":
+        cfg = _body_config(args)
+        result |= {
+            "device": args.device,
+            "dtype": args.dtype,
+            "layers": cfg.num_hidden_layers,
+            "heads": cfg.num_attention_heads,
+            "kv_heads": cfg.num_key_value_heads,
+            "intermediate": cfg.intermediate_size,
+            "repeats": args.repeats,
+        }
     print(json.dumps(result))
 
 

@@ -1,0 +1,284 @@
+"""Helper of bench/gpu_smoke.sh (issue 18, item 4): the FSDP2 part and the final JSON line.
+
+    python3 bench/gpu_smoke.py fsdp2      one FSDP2 training stage step, prints one JSON line
+    python3 bench/gpu_smoke.py combine --parts DIR [--out DIR]
+                                          gathers the parts' outputs into ONE JSON line
+
+fsdp2 (part c): a random-init Qwen2.5-0.5B-shaped model (hidden 896, 24 layers, 14 heads, 2 kv
+heads, MLP 4864, vocab 151936) trained for a few steps at 8K tokens on one GPU the way a stage
+trains: a world-size-1 process group (nccl; gloo on CPU), `fully_shard` per decoder layer and the
+root, MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32), activation checkpointing
+per layer, AdamW, gradient clipping, the blocked loss of pipelines/train.py. Reports tokens/s
+after one warm-up step, peak memory, MFU, the losses (finite?) and whether a full state dict can
+be gathered (get_model_state_dict with full_state_dict=True, cpu_offload=True).
+
+The vLLM parts (b: vLLM-on-CUDA scorer parity with HF; d: NCCL broadcast into a vLLM engine) are
+reported as skipped when vLLM is not installed: the device image has no vLLM and its wheel is too
+big to carry there. Only torch, transformers and the standard library are imported (no Ray, no
+vLLM, no faiss): pipelines/train.py pulls in pipelines.config (pyyaml) and pipelines.sample_log
+(pyarrow), both on the image; if that import fails the plain HF loss is used and said so.
+
+GPU_SMOKE_TINY=1 shrinks everything (hidden 64, 2 layers, vocab 1024, 512 tokens, float32, CPU,
+gloo) so that every code path runs on a laptop in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+TINY = os.environ.get("GPU_SMOKE_TINY") == "1"
+PEAK_TFLOPS = 989.0  # H100/H200 SXM dense bf16 tensor-core peak
+
+
+def _progress(msg: str) -> None:
+    print(f"[gpu_smoke] {msg}", file=sys.stderr, flush=True)
+
+
+def _qwen05b_config():
+    from transformers import Qwen2Config
+
+    if TINY:
+        shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
+        shape |= dict(num_key_value_heads=1, intermediate_size=128, vocab_size=1024)
+    else:
+        shape = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14)
+        shape |= dict(num_key_value_heads=2, intermediate_size=4864, vocab_size=151936)
+    head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+    return Qwen2Config(**shape, head_dim=head_dim, tie_word_embeddings=True, use_cache=False)
+
+
+def _train_flops(cfg, t: int) -> float:
+    """Model FLOPs of one training step (forward + backward = 3 forwards, recompute not counted)."""
+    d, q = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim
+    kv = cfg.num_key_value_heads * cfg.head_dim
+    per_layer = 2 * t * (2 * d * q + 2 * d * kv + 3 * d * cfg.intermediate_size) + 2 * t * t * q
+    return 3 * (cfg.num_hidden_layers * per_layer + 2 * t * d * cfg.vocab_size)
+
+
+def _loss_module(policy):
+    """The blocked loss of pipelines/train.py, or plain HF loss if it cannot be imported."""
+    import torch
+
+    try:
+        from pipelines.train import BlockedCausalLM
+    except ImportError as e:
+        _progress(f"pipelines.train not importable ({e}); plain HF loss")
+
+        class PlainLoss(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids, weight):
+                return self.model(input_ids=input_ids, labels=input_ids).loss
+
+        return PlainLoss(policy), "transformers (labels=input_ids)"
+    return BlockedCausalLM(policy, 2048), "pipelines.train.BlockedCausalLM (block 2048)"
+
+
+def _init_process_group(backend: str) -> None:
+    import torch.distributed as dist
+
+    with socket.socket() as s:  # a free port for the world-size-1 rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    dist.init_process_group(backend, rank=0, world_size=1)
+
+
+def _sharded_model(cfg, device: str, dtype):
+    """Policy in float32 master weights, checkpointed and fully_shard-ed layer by layer."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        policy = Qwen2ForCausalLM(cfg)
+    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy.train()
+    model, loss_name = _loss_module(policy)
+    mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+    for layer in policy.model.layers:
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model, loss_name
+
+
+def _train_steps(model, opt, cfg, tokens: int, steps: int, device: str) -> tuple[list, float]:
+    """steps + 1 training steps on random tokens; losses and seconds of all but the first."""
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(1)
+    losses, start = [], 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            _sync(device)
+            start = time.perf_counter()
+        ids = torch.randint(0, cfg.vocab_size, (1, tokens), generator=g, device=device)
+        loss = model(ids, torch.ones(1, device=device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        _progress(f"fsdp2 step {step}: loss {losses[-1]:.4f}")
+    _sync(device)
+    return losses, time.perf_counter() - start
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _gather_full(model, cfg) -> dict:
+    """Gather the full (unsharded) state dict on CPU, as pi_{k+1}'s save must."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    start = time.perf_counter()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    sd = get_model_state_dict(model, options=options)
+    seconds = time.perf_counter() - start
+    plain = all(not isinstance(v, DTensor) and v.device.type == "cpu" for v in sd.values())
+    embed = next(v for k, v in sd.items() if k.endswith("embed_tokens.weight"))
+    return {
+        "ok": plain and tuple(embed.shape) == (cfg.vocab_size, cfg.hidden_size),
+        "tensors": len(sd),
+        "numel": sum(v.numel() for v in sd.values()),
+        "finite": all(bool(torch.isfinite(v).all()) for v in sd.values()),
+        "gather_s": round(seconds, 2),
+    }
+
+
+def fsdp2_part() -> dict:
+    """Part (c): one FSDP2 training stage step on one GPU (world size 1)."""
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and not TINY
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    tokens, steps = (512, 2) if TINY else (8192, 3)
+    if cuda:
+        torch.cuda.set_device(0)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    _init_process_group("nccl" if cuda else "gloo")
+    try:
+        cfg = _qwen05b_config()
+        _progress(f"fsdp2: {cfg.num_hidden_layers} layers, {tokens} tokens on {device}")
+        model, loss_name = _sharded_model(cfg, device, dtype)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        losses, seconds = _train_steps(model, opt, cfg, tokens, steps, device)
+        result = {
+            "tokens": tokens,
+            "timed_steps": steps,
+            "tokens_per_s": round(tokens * steps / seconds, 1),
+            "mfu": float(f"{_train_flops(cfg, tokens) * steps / seconds / PEAK_TFLOPS / 1e12:.4g}"),
+            "losses": [round(x, 4) for x in losses],
+            "loss_finite": all(math.isfinite(x) for x in losses),
+            "params": sum(p.numel() for p in model.parameters()),
+            "param_dtype": str(dtype).removeprefix("torch."),
+            "reduce_dtype": "float32",
+            "loss": loss_name,
+            "backend": dist.get_backend(),
+        }
+        if cuda:
+            result["peak_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["full_state_dict"] = _gather_full(model, cfg)
+        return result
+    finally:
+        dist.destroy_process_group()
+
+
+def vllm_parts() -> tuple[dict, dict]:
+    """Parts (b) and (d) need vLLM on CUDA; not on the device image, so reported as skipped."""
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        skipped = {"skipped": "vllm not installed on the device image"}
+        return skipped, skipped
+    msg = {"skipped": "vllm is installed, but gpu_smoke does not run the vLLM parts yet"}
+    return msg, msg
+
+
+def _read_part(parts: Path, name: str) -> dict:
+    """A part's JSON line, or why there is none (its exit status and last stderr lines)."""
+    rc_file, out, log = (parts / f"{name}.{ext}" for ext in ("rc", "json", "log"))
+    rc = rc_file.read_text().strip() if rc_file.exists() else "missing"
+    lines = out.read_text().strip().splitlines() if out.exists() else []
+    if rc == "0" and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    tail = log.read_text()[-600:] if log.exists() else ""
+    why = {"124": "timed out", "137": "timed out (killed)", "missing": "did not run"}.get(
+        rc, f"exit status {rc}"
+    )
+    return {"error": f"{why}: {tail}"}
+
+
+def _device_info() -> dict:
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    return {
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+    }
+
+
+def combine(parts: Path, out: str) -> dict:
+    """ONE JSON object from the parts, also written to $OUT/gpu_smoke.json."""
+    result = _device_info()
+    short, long = (_read_part(parts, name) for name in ("entropy_32k", "entropy_128k"))
+    result["entropy"] = {
+        "kernel": "pipelines.entropy.token_entropies (its lm_head matmuls run in float32)",
+        "mfu_peak_tflops": f"{PEAK_TFLOPS:g} (H100/H200 dense bf16)",
+        str(short.get("speed_tokens", "entropy_32k")): short,
+        str(long.get("speed_tokens", "entropy_128k")): long,
+    }
+    result["fsdp2"] = _read_part(parts, "fsdp2")
+    result["vllm_parity"], result["nccl_into_vllm"] = vllm_parts()
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        Path(out, "gpu_smoke.json").write_text(json.dumps(result) + "\n")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("part", choices=("fsdp2", "combine"))
+    p.add_argument("--parts", default="", help="combine: folder of the parts' .json/.rc/.log")
+    p.add_argument("--out", default=os.environ.get("OUT", ""), help="combine: where to write")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.part == "fsdp2":
+        print(json.dumps(fsdp2_part()))
+    else:
+        print(json.dumps(combine(Path(args.parts), args.out)))
+
+
+if __name__ == "__main__":
+    main()

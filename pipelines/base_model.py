@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,9 @@ def lm_and_copy_loss(
     copied: torch.Tensor,
     copy_weight: float,
     vocab: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean next-token NLL + copy_weight x mean NLL over the copied tokens.
+) -> tuple[torch.Tensor, float]:
+    """(mean next-token NLL + copy_weight x mean NLL over the copied tokens, that copied-token
+    NLL as a number: nan without copied tokens).
 
     The plain LM loss alone dilutes the copy signal in the few copyable tokens; the second term
     gives it the weight that makes induction form in minutes instead of never. With `vocab`,
@@ -106,14 +108,28 @@ def lm_and_copy_loss(
     weight = model.lm_head.weight
     if vocab is not None:
         weight = weight[vocab]
-        lookup = torch.full((model.config.vocab_size,), -1, dtype=torch.long)
-        lookup[vocab] = torch.arange(len(vocab))
+        lookup = torch.full((model.config.vocab_size,), -1, dtype=torch.long, device=x.device)
+        lookup[vocab] = torch.arange(len(vocab), device=x.device)
         targets = lookup[targets]
     nll = F.cross_entropy((hidden @ weight.T).flatten(0, 1), targets.flatten(), reduction="none")
     mask = copied[:, 1:].flatten()
-    if copy_weight == 0 or not mask.any():
-        return nll.mean()
-    return nll.mean() + copy_weight * nll[mask].mean()
+    if not mask.any():
+        return nll.mean(), float("nan")
+    copy_nll = nll[mask].mean()
+    return nll.mean() + copy_weight * copy_nll, float(copy_nll.detach())
+
+
+class FormationWatch:
+    """Says when induction has formed: the copied tokens' NLL, averaged over the last `window`
+    steps, fell below `threshold` (from ~ln(copy_vocab) before the phase change to ~0.3 after)."""
+
+    def __init__(self, threshold: float, window: int = 25):
+        self.threshold, self.recent = threshold, deque(maxlen=window)
+
+    def formed(self, copy_nll: float) -> bool:
+        self.recent.append(copy_nll)
+        full = len(self.recent) == self.recent.maxlen
+        return full and sum(self.recent) / len(self.recent) < self.threshold
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -148,24 +164,32 @@ def unigram_nll(train_blocks: torch.Tensor, eval_blocks: torch.Tensor, vocab_siz
 Part = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # rows, copied mask, vocab
 
 
-def _train_steps(model, opt, steps: int, parts, cfg: PretrainSection, desc: str) -> float:
-    """AdamW steps on the summed loss of the parts each step draws (warmup + cosine per phase)."""
+def _train_steps(model, opt, steps: int, parts, cfg: PretrainSection, desc: str, lr: float,
+                 watch: FormationWatch | None = None) -> int:  # fmt: skip
+    """AdamW steps on the summed loss of the parts each step draws; returns the steps taken.
+
+    Warmup + cosine over `steps`; with a `watch`, the rate stays at `lr` after the warmup (the
+    phase ends when the watch says so, not at a planned step) and the phase stops early."""
     model.train()
     bar = tqdm(range(steps), desc=desc, unit="step")
-    loss = torch.tensor(float("nan"))
     for step in bar:
+        rate = lr_at(step, steps, lr, cfg.warmup_steps)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, cfg.lr, cfg.warmup_steps)
-        loss = sum(
+            group["lr"] = lr if watch is not None and step >= cfg.warmup_steps else rate
+        losses = [
             lm_and_copy_loss(model, x, copied, cfg.copy_loss_weight, vocab)
             for x, copied, vocab in parts(step)
-        )
+        ]
+        loss = sum(total for total, _ in losses)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    return float(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.3f}", copy_nll=f"{losses[0][1]:.2f}")
+        if watch is not None and watch.formed(losses[0][1]):
+            bar.close()
+            return step + 1
+    return steps
 
 
 def pretrain(
@@ -215,21 +239,41 @@ def pretrain(
         return parts
 
     text_steps = max(1, cfg.max_tokens // (cfg.batch_size * cfg.seq_len))
-    times = {}
-    for name, steps, parts in (
-        ("induction", cfg.copy_induction_steps, induction),
-        ("distance", cfg.copy_distance_steps, distance),
-        ("text", text_steps, text),
+    watch = FormationWatch(cfg.copy_formed_nll) if cfg.copy_formed_nll > 0 else None
+    times, taken = {}, {}
+    for name, steps, parts, lr in (
+        ("induction", cfg.copy_induction_steps, induction, cfg.copy_lr),
+        ("distance", cfg.copy_distance_steps, distance, cfg.copy_lr),
+        ("text", text_steps, text, cfg.lr),
     ):
         start = time.perf_counter()
-        _train_steps(model, opt, steps, parts, cfg, f"pretrain base: {name}")
+        phase_watch = watch if name == "induction" else None
+        desc = f"pretrain base: {name}"
+        taken[name] = _train_steps(model, opt, steps, parts, cfg, desc, lr, phase_watch)
         times[f"{name}_s"] = round(time.perf_counter() - start, 1)
+    if watch is not None and taken["induction"] == cfg.copy_induction_steps:
+        log.warning(
+            "base model: induction did not form within pretrain.copy_induction_steps=%d steps "
+            "(copied-token NLL stayed above pretrain.copy_formed_nll=%g): pi_0 may not copy",
+            cfg.copy_induction_steps,
+            cfg.copy_formed_nll,
+        )
+    return _metrics(model, train_blocks, heldout_blocks, cfg, times, taken)
+
+
+def _metrics(model, train_blocks, heldout_blocks, cfg: PretrainSection, times, taken) -> dict:
+    """Held-out perplexity vs the unigram's, and the long-copy gain at half the context."""
+    from pipelines.probe import long_copy_gain
+
     model_nll = mean_nll(model, heldout_blocks, cfg.batch_size)
     uni_nll = unigram_nll(train_blocks, heldout_blocks, model.config.vocab_size)
-    text_tokens = text_steps * cfg.batch_size * cfg.seq_len
+    text_tokens = taken["text"] * cfg.batch_size * cfg.seq_len
+    distance = cfg.seq_len // 2
+    gain = long_copy_gain(model, heldout_blocks.flatten().tolist(), [distance], samples=12)
     return {
         "params": sum(p.numel() for p in model.parameters()),
-        "copy_rows_tokens": (cfg.copy_induction_steps + cfg.copy_distance_steps)
+        "phase_steps": taken,
+        "copy_rows_tokens": (taken["induction"] + taken["distance"])
         * cfg.copy_rows
         * cfg.copy_row_len,
         "train_tokens": text_tokens,
@@ -239,6 +283,7 @@ def pretrain(
         "heldout_tokens": int(heldout_blocks.numel()),
         "heldout_ppl": math.exp(model_nll),
         "unigram_ppl": math.exp(uni_nll),
+        "long_copy_gain": {"distance": distance, **gain[distance]},
     }
 
 

@@ -96,6 +96,11 @@ class PretrainSection:
     copy_vocab: int = field(default=512, metadata=_r(2))
     copy_mix_rows: int = field(default=0, metadata=_r(0))
     copy_loss_weight: float = field(default=0.0, metadata=_r(0.0))
+    copy_lr: float = field(default=1e-3, metadata=_r(0.0, 1.0))  # induction and distance phases
+    # > 0: the induction phase ends once the copied tokens' mean NLL over the last 25 steps is
+    # below this (induction formed); copy_induction_steps is then the most it may take. When the
+    # phase change comes varies by hundreds of steps between runs and machines (measured).
+    copy_formed_nll: float = field(default=0.0, metadata=_r(0.0))
     threads: int = field(default=2, metadata=_r(1))
 
 

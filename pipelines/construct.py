@@ -44,8 +44,12 @@ CANDIDATE_SCHEMA = pa.schema(
         ("similarity", pa.float32()),
         ("label", pa.string()),
         ("positions", pa.list_(pa.int32())),
+        # positives only (else ""): what a reader needs to judge the dependency is real
+        ("anchor_text", pa.string()),
+        ("chunk_text", pa.string()),
     ]
 )
+EXAMPLE_CONTEXT_TOKENS = 24  # document tokens shown before the anchor in a positive's example
 
 
 @dataclass
@@ -127,6 +131,17 @@ def _candidates(ctx: StageContext, rows: list[dict]) -> list[list[dict]]:
         for cid, c in merged.items():
             c["input_ids"] = tokens[cid]
     return [list(merged.values()) for merged in per_row]
+
+
+def _example_texts(tokenizer, doc: dict, res: dict, chunk_ids) -> dict:
+    """For a positive: the document just before its first verified position, the anchor token
+    in [[ ]], and the chunk that lowered the entropy there."""
+    if res["label"] != "positive" or not res["positions"]:
+        return {"anchor_text": "", "chunk_text": ""}
+    ids, t = doc["input_ids"], min(res["positions"])
+    before = tokenizer.decode(ids[max(0, t - EXAMPLE_CONTEXT_TOKENS) : t])
+    anchor = f"{before}[[{tokenizer.decode(ids[t : t + 1])}]]"
+    return {"anchor_text": anchor, "chunk_text": tokenizer.decode(list(chunk_ids))}
 
 
 def _nextlong_candidates(ctx: StageContext, doc: dict) -> list[dict]:
@@ -214,6 +229,7 @@ def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> Batc
                 {
                     "doc_id": doc["doc_id"],
                     **{k: res[k] for k in ("chunk_id", "r", "similarity", "label", "positions")},
+                    **_example_texts(ctx.tokenizer, doc, res, piece.input_ids),
                 }
             )
         negatives.sort(key=lambda p: -p.similarity)  # the most similar are the hardest

@@ -23,6 +23,7 @@ from pipelines.config import Config, PretrainSection, load_config  # noqa: E402
 
 # Long-copy probe distances, kept where D + span fits the longest stage (and the model).
 PROBE_DISTANCES = (128, 256, 768, 1536, 3072, 6144, 12288)
+EXAMPLES = 5  # example positives shown per stage
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -56,6 +57,9 @@ def stage_summary(stage_dir: Path) -> dict:
         r = np.asarray(cands["r"], dtype=float)
         if np.isfinite(r).any():
             summary |= {"r_mean": float(np.nanmean(r)), "r_median": float(np.nanmedian(r))}
+            summary |= {
+                f"r_p{q}": float(np.nanpercentile(r, q)) for q in (10, 90, 99)
+            }  # fmt: skip
     losses = [x["loss"] for x in _read_jsonl(stage_dir / "train" / "train_log.jsonl")]
     if losses:
         summary |= {"train_steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1]}
@@ -94,6 +98,33 @@ def _plot_stage(stage_dir: Path) -> list[str]:
     return made
 
 
+def _example_positives(stage_dir: Path, count: int = EXAMPLES) -> list[str]:
+    """`count` verified positives spread evenly over their r ranking (the best, the weakest
+    and between: not only the flattering ones), each with its anchor and the chunk."""
+    files = sorted((stage_dir / "candidates").glob("*.parquet"))
+    if not files or "anchor_text" not in pq.read_schema(files[0]).names:  # older runs: none
+        return []
+    t = _read_dir(stage_dir / "candidates", ["label", "r", "anchor_text", "chunk_text"])
+    pos = sorted(
+        (r, a, c) for lab, r, a, c in zip(*t.values(), strict=True) if lab == "positive"
+    )[::-1]  # fmt: skip
+    if not pos:
+        return ["", "No verified positives in this stage.", ""]
+    picks = sorted({round(i * (len(pos) - 1) / max(1, count - 1)) for i in range(count)})
+    lines = ["", f"Example positives ({len(picks)} of {len(pos)}, best r first):", ""]
+    for i in picks:
+        r, anchor, chunk = pos[i]
+        lines += [
+            f"- r = {r:.3f}: …{_one_line(anchor)}",
+            f"  - chunk: {_one_line(chunk)[:300]}",
+        ]
+    return lines + [""]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -117,6 +148,7 @@ def write_report(run_dir: Path, cfg: Config | None = None) -> Path:
         rows.append(summary)
         lines += [f"## {stage_dir.name}", ""]
         lines += [f"![{png}](stages/{stage_dir.name}/{png})" for png in _plot_stage(stage_dir)]
+        lines += _example_positives(stage_dir)
         lines.append("")
     if rows:
         keys = [k for k in rows[0] if k != "stage"]

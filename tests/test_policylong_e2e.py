@@ -104,6 +104,24 @@ def test_report_has_plots_and_cross_stage_page(e2e):
     for k in range(2):
         for png in ("entropy_hist.png", "verification.png", "train_loss.png"):
             assert (stage_dir(cfg, k) / png).stat().st_size > 1000
+        summary = json.loads((stage_dir(cfg, k) / "summary.json").read_text())
+        assert summary["r_p10"] <= summary["r_median"] <= summary["r_p90"] <= summary["r_p99"]
+
+
+def test_positives_carry_their_anchor_and_chunk_text_into_the_report(e2e):
+    """A reader judges a dependency from the anchor token in context and the chunk that lowered
+    its entropy: positives keep both (decoded), other candidates keep neither."""
+    cfg, result = e2e
+    files = sorted((stage_dir(cfg, 0) / "candidates").glob("*.parquet"))
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    positives = [r for r in rows if r["label"] == "positive"]
+    assert positives
+    for r in positives:
+        assert r["anchor_text"].endswith("]]") and "[[" in r["anchor_text"]
+        assert r["chunk_text"].strip()
+    assert all(r["anchor_text"] == r["chunk_text"] == "" for r in rows if r not in positives)
+    text = Path(result["report"]).read_text()
+    assert f"Example positives ({min(5, len(positives))} of {len(positives)}" in text
 
 
 def test_rerun_of_finished_command_does_no_new_work(e2e):

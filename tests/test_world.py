@@ -129,6 +129,48 @@ def test_pretrain_runs_the_induction_phases_and_reports_their_time(test_config, 
     assert calls == induction + distance + text
     assert set(metrics["phase_s"]) == {"induction_s", "distance_s", "text_s"}
     assert metrics["copy_rows_tokens"] == (3 + 2) * 4 * 32
+    assert metrics["phase_steps"] == {"induction": 3, "distance": 2, "text": 3}
+    assert metrics["long_copy_gain"]["distance"] == 32  # half the context, on held-out rows
+    assert math.isfinite(metrics["long_copy_gain"]["gain"])
     assert metrics["train_tokens"] == 3 * 2 * 64
     assert math.isfinite(metrics["heldout_ppl"])
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_formation_watch_needs_a_full_window_below_the_threshold():
+    watch = base_model.FormationWatch(threshold=1.0, window=3)
+    assert not watch.formed(0.1)  # one step is no evidence
+    assert not watch.formed(0.1)
+    assert watch.formed(0.1)
+    watch = base_model.FormationWatch(threshold=1.0, window=3)
+    assert [watch.formed(x) for x in (6.2, 0.2, 0.2, 0.2)] == [False, False, False, True]
+
+
+def test_induction_phase_ends_when_formed_not_at_its_step_budget(test_config):
+    """With copy_formed_nll above any NLL the watch fires after its 25-step window: the phase
+    takes 25 of its 60 allowed steps, and the distance and text phases still run in full."""
+    import dataclasses
+
+    from pipelines.config import ModelSection
+
+    cfg = dataclasses.replace(
+        test_config.pretrain,
+        seq_len=64,
+        batch_size=2,
+        max_tokens=2 * 64 * 2,
+        copy_induction_steps=60,
+        copy_formed_nll=100.0,
+        copy_distance_steps=2,
+        copy_rows=2,
+        copy_row_len=32,
+        copy_span=8,
+        copy_distance_span=16,
+        copy_vocab=40,
+        copy_loss_weight=1.0,
+        threads=1,
+    )
+    shape = ModelSection(hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1)
+    model = base_model.build_model(shape, vocab_size=64, eos_id=0)
+    blocks = torch.randint(1, 64, (16, 64), generator=torch.Generator().manual_seed(0))
+    metrics = base_model.pretrain(model, blocks, blocks[:2], cfg, seed=0)
+    assert metrics["phase_steps"] == {"induction": 25, "distance": 2, "text": 2}

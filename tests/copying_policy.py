@@ -39,7 +39,9 @@ KEY, CONT = 8, 16
 # (measured: |r| up to 0.15 for an unrelated chunk while 90% are below 0.008), so the proof is on
 # the population, not on one case that may be one of them.
 COPY_R_MIN = 0.6  # 10th percentile of r of the continuation chunk
-UNRELATED_R_MAX = 0.008  # 90th percentile of |r| of the unrelated chunk
+# 90th percentile of |r| of the unrelated chunk: half the tests' tau_neg (0.02). At 0.008 the
+# training ran ~2,700 steps (703 s) while the percentile hovered at 0.0082-0.0086 for 700 of them.
+UNRELATED_R_MAX = 0.01
 UNPREDICTABLE_H_MIN = 0.8  # tests assert > 0.6 x log(VOCAB) without the chunk
 
 

@@ -34,7 +34,7 @@ def recipe_metrics(tiny_world):
     cfg = dataclasses.replace(
         recipe,
         seq_len=SEQ,
-        max_tokens=300 * recipe.batch_size * SEQ,  # 300 text steps
+        max_tokens=400 * recipe.batch_size * SEQ,  # 400 text steps: ppl 734 vs 834 at 300
         copy_distance_span=32,
         copy_distance_steps=100,
         threads=2,

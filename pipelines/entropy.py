@@ -65,15 +65,35 @@ def _online_update(z: torch.Tensor, m: torch.Tensor, s: torch.Tensor, u: torch.T
         return _online_update_eager(z, m, s, u)
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+_tf32_lock = threading.Lock()
+
+
+def _tile_logits(rows: torch.Tensor, tile: torch.Tensor, tf32_exact: bool) -> torch.Tensor:
+    """float32 logits rows @ tile.T: entropy differences of 1e-4 must survive, so the products
+    must be exact and the sums float32. When rows and weights came from bf16/fp16, every value
+    is exact in TF32 (a 10-bit mantissa), so a TF32 matmul on CUDA gives the float32 result at
+    tensor-core speed. Measured on an H200 (32K tokens, Qwen2.5-3B's lm_head, bf16): 0.436 s in
+    float32 -> 0.083 s in TF32 (5.3x), max error vs float64 4.0e-6 (float32: 1.7e-6)."""
+    if not (tf32_exact and rows.is_cuda):
+        return rows @ tile.float().T
+    with _tf32_lock:  # the flag is global and read when the kernel is launched
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return rows @ tile.float().T
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _block_entropy(
-    rows: torch.Tensor, weight: torch.Tensor, vocab_tile: int, compiled: bool
+    rows: torch.Tensor, weight: torch.Tensor, vocab_tile: int, compiled: bool, tf32_exact: bool
 ) -> torch.Tensor:
     """Entropy of softmax(rows @ weight.T) per row, walking the vocabulary tile by tile."""
     update = _online_update if compiled else _online_update_eager
     m = s = u = torch.empty(0)
     for v0 in range(0, weight.shape[0], vocab_tile):
-        # float32 logits even for a bf16 model: entropy differences of 1e-4 must survive.
-        z = rows @ weight[v0 : v0 + vocab_tile].float().T
+        z = _tile_logits(rows, weight[v0 : v0 + vocab_tile], tf32_exact)
         if v0 == 0:  # start from the first tile's max: no -inf * 0 in the rescale
             m, s, u = z.amax(dim=-1), torch.zeros_like(z[:, 0]), torch.zeros_like(z[:, 0])
         m, s, u = update(z, m, s, u)
@@ -92,11 +112,13 @@ def entropies_of_rows(
     compiled=False skips torch.compile: for one-off calls where compiling costs more (a probe)."""
     if chunk_tokens < 1 or vocab_tile < 1:
         raise ValueError("chunk_tokens and vocab_tile must be >= 1")
+    tf32_exact = hidden.dtype in _LOW_PRECISION and weight.dtype in _LOW_PRECISION
     hidden = hidden.float()
     out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_tokens):
         rows = hidden[start : start + chunk_tokens].contiguous()
-        out[start : start + rows.shape[0]] = _block_entropy(rows, weight, vocab_tile, compiled)
+        block = _block_entropy(rows, weight, vocab_tile, compiled, tf32_exact)
+        out[start : start + rows.shape[0]] = block
     return out
 
 

@@ -17,6 +17,7 @@ def quiet_worker_logs() -> None:
     logging.getLogger(
         "ray.train.v2._internal.execution.controller.placement_group_cleaner"
     ).setLevel(logging.ERROR)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # see pipelines/cli.py
 
 
 def init_ray(cfg: ClusterSection) -> None:

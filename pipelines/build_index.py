@@ -175,7 +175,7 @@ def embed_chunks(chunks: pa.Table, cfg: IndexSection) -> np.ndarray:
         fn_constructor_args=(cfg.embedder, cfg.embed_batch_size, embedder_threads(cfg)),
         batch_format="pyarrow",
         batch_size=cfg.embed_batch_size,
-        concurrency=cfg.embed_actors,
+        compute=ray.data.ActorPoolStrategy(size=cfg.embed_actors),
         num_cpus=cfg.cpus_per_embedder,
     )
     row_of = {cid: i for i, cid in enumerate(chunks["chunk_id"].to_pylist())}

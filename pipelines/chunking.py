@@ -119,7 +119,7 @@ def chunk_corpus(
         fn_constructor_args=(str(tokenizer_dir), chunk_tokens, min_chunk_tokens),
         batch_format="pyarrow",
         batch_size=batch_docs,
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
     )
     tables = list(chunks.iter_batches(batch_format="pyarrow", batch_size=None))
     table = pa.concat_tables(tables).cast(CHUNK_SCHEMA) if tables else CHUNK_SCHEMA.empty_table()

@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # faiss reports at INFO each SIMD build it fails to load before the one that works (it picks
+    # at run time; nothing is wrong): six lines of "Could not load library" in every run.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()

@@ -151,7 +151,8 @@ def write_report(run_dir: Path, cfg: Config | None = None) -> Path:
         lines += _example_positives(stage_dir)
         lines.append("")
     if rows:
-        keys = [k for k in rows[0] if k != "stage"]
+        # epoch timestamps (*_at) stay in summary.json: as table cells they read 1.796e+09
+        keys = [k for k in rows[0] if k != "stage" and not k.endswith("_at")]
         lines += ["## Across stages (the self-curriculum)", ""]
         lines += ["| stage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for row in rows:

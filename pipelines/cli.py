@@ -196,6 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_writable(cfg: Config) -> None:
+    """Every command but show-config writes under these two: fail before any work, in one line."""
+    for key, path in (("run.output_dir", cfg.run.output_dir), ("run.cache_dir", cfg.run.cache_dir)):
+        folder = Path(path)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-check-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            raise UserError(
+                f"config key '{key}' = '{path}' is not a writable directory ({e.strerror}): "
+                f"choose another with --set {key}=DIR"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -211,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.command != "show-config":
+            _check_writable(cfg)
         args.fn(cfg, args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -35,3 +35,21 @@ def test_bad_override_is_one_line_on_stderr():
 def test_show_config_prints_resolved_values(capsys):
     assert main(["show-config", "--set", "verify.tau_pos=0.3"]) == 0
     assert "tau_pos: 0.3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key", ["run.output_dir", "run.cache_dir"])
+def test_unwritable_output_is_one_line_before_any_work(key, tmp_path):
+    """A directory nobody can create (under /proc) fails in one line, exit 2, before Ray or the
+    corpus are touched; nothing is written under the writable one."""
+    other = "run.cache_dir" if key == "run.output_dir" else "run.output_dir"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", "--config", "configs/test.yaml"]
+        + ["--set", f"{key}=/proc/forbidden", "--set", f"{other}={tmp_path / 'ok'}"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith(f"error: config key '{key}' = '/proc/forbidden' is not a")
+    assert proc.stderr.strip().endswith(f"choose another with --set {key}=DIR")
+    assert not any(p.is_file() for p in (tmp_path / "ok").rglob("*"))

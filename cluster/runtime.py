@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from pipelines.config import ClusterSection
+from pipelines.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,24 @@ def quiet_worker_logs() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # see pipelines/cli.py
 
 
+def check_reachable(address: str, timeout_s: float) -> None:
+    """A cluster address (host:port, ray://host:port) that does not accept a TCP connection is
+    one error line within timeout_s. Ray itself would retry for minutes, printing warnings."""
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return  # "auto" and bare hosts: Ray resolves them itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(
+            f"cluster.address '{address}' does not answer ({reason}, waited up to "
+            f"{timeout_s:g} s, cluster.connect_timeout_s): start the Ray head there "
+            "(`ray start --head`) or leave cluster.address empty for a local Ray"
+        ) from None
+
+
 def init_ray(cfg: ClusterSection) -> None:
     """Join the configured cluster, or start a local one sized to this machine."""
     import ray
@@ -28,6 +48,8 @@ def init_ray(cfg: ClusterSection) -> None:
         return
     # Inside `ray job submit` RAY_ADDRESS is set: always join that cluster.
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        check_reachable(address, cfg.connect_timeout_s)
     local = {"runtime_env": {"worker_process_setup_hook": quiet_worker_logs}} if not address else {}
     ray.init(
         address=address,

@@ -201,6 +201,9 @@ class StagesSection:
 @dataclass
 class ClusterSection:
     address: str = ""  # empty = start local Ray; "auto" = join a running cluster
+    # host:port (or ray://host:port) must accept a connection within this many seconds, else
+    # one error line instead of Ray's own retries (minutes of warnings)
+    connect_timeout_s: float = field(default=15.0, metadata=_r(0.1))
     num_scorers: int = field(default=1, metadata=_r(1))
     num_verifiers: int = field(default=1, metadata=_r(1))
     num_train_workers: int = field(default=2, metadata=_r(1))

@@ -90,7 +90,10 @@ def test_copy_span_longer_than_half_a_row_is_one_config_line(load_test_profile):
         load_test_profile("pretrain.copy_row_len=32", "pretrain.copy_span=20")
 
 
-def test_pretrain_runs_the_induction_phases_and_reports_their_time(test_config, monkeypatch):
+def _small_pretrain(test_config, **phases):
+    """A 1-layer model on 16 random rows of 64 tokens, and pretrain settings sized for it:
+    seq_len 64, 2 rows per step, copy rows of 32 with 8-token spans (16 at full length) over
+    40 token ids; `phases` sets the step counts and the rest."""
     import dataclasses
 
     from pipelines.config import ModelSection
@@ -99,22 +102,30 @@ def test_pretrain_runs_the_induction_phases_and_reports_their_time(test_config, 
         test_config.pretrain,
         seq_len=64,
         batch_size=2,
-        max_tokens=2 * 64 * 3,  # 3 text steps
-        copy_induction_steps=3,
-        copy_distance_steps=2,
-        copy_rows=4,
         copy_row_len=32,
         copy_span=8,
         copy_distance_span=16,
         copy_vocab=40,
-        copy_mix_rows=1,
         copy_loss_weight=1.0,
         threads=1,
+        **phases,
     )
     shape = ModelSection(hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1)
     model = base_model.build_model(shape, vocab_size=64, eos_id=0)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
     blocks = torch.randint(1, 64, (16, 64), generator=torch.Generator().manual_seed(0))
+    return cfg, model, blocks
+
+
+def test_pretrain_runs_the_induction_phases_and_reports_their_time(test_config, monkeypatch):
+    cfg, model, blocks = _small_pretrain(
+        test_config,
+        max_tokens=2 * 64 * 3,  # 3 text steps
+        copy_induction_steps=3,
+        copy_distance_steps=2,
+        copy_rows=4,
+        copy_mix_rows=1,
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []  # (rows shape, restricted softmax?) of every loss the phases compute
     real_loss = base_model.lm_and_copy_loss
 
@@ -149,28 +160,13 @@ def test_formation_watch_needs_a_full_window_below_the_threshold():
 def test_induction_phase_ends_when_formed_not_at_its_step_budget(test_config):
     """With copy_formed_nll above any NLL the watch fires after its 25-step window: the phase
     takes 25 of its 60 allowed steps, and the distance and text phases still run in full."""
-    import dataclasses
-
-    from pipelines.config import ModelSection
-
-    cfg = dataclasses.replace(
-        test_config.pretrain,
-        seq_len=64,
-        batch_size=2,
+    cfg, model, blocks = _small_pretrain(
+        test_config,
         max_tokens=2 * 64 * 2,
         copy_induction_steps=60,
         copy_formed_nll=100.0,
         copy_distance_steps=2,
         copy_rows=2,
-        copy_row_len=32,
-        copy_span=8,
-        copy_distance_span=16,
-        copy_vocab=40,
-        copy_loss_weight=1.0,
-        threads=1,
     )
-    shape = ModelSection(hidden_size=64, num_layers=1, num_heads=1, num_kv_heads=1)
-    model = base_model.build_model(shape, vocab_size=64, eos_id=0)
-    blocks = torch.randint(1, 64, (16, 64), generator=torch.Generator().manual_seed(0))
     metrics = base_model.pretrain(model, blocks, blocks[:2], cfg, seed=0)
     assert metrics["phase_steps"] == {"induction": 25, "distance": 2, "text": 2}

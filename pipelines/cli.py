@@ -77,13 +77,7 @@ def cmd_probe(cfg: Config, args: argparse.Namespace) -> None:
         raise UserError(f"--samples {args.samples}: use at least 2 (the gain's standard error)")
     for model_dir in args.model:
         check_distances(distances, model_dir)  # before any loading: one line, exit code 2
-    corpus_dir = cfg.run_dir / "corpus"
-    if not (corpus_dir / "manifest.json").is_file():
-        from cluster.runtime import init_ray
-        from pipelines.world import ensure_corpus
-
-        init_ray(cfg.cluster)
-        corpus_dir = ensure_corpus(cfg)
+    corpus_dir = _corpus_dir(cfg)
     results = [
         probe_model(
             model_dir,
@@ -103,6 +97,57 @@ def cmd_probe(cfg: Config, args: argparse.Namespace) -> None:
     plot_gains(results, out / "probe.png")
     line = {"out": str(out), "models": results}
     print(json.dumps(line))
+
+
+def _corpus_dir(cfg: Config) -> Path:
+    """The run's ingested corpus (ingested now when the run has none yet)."""
+    corpus_dir = cfg.run_dir / "corpus"
+    if (corpus_dir / "manifest.json").is_file():
+        return corpus_dir
+    from cluster.runtime import init_ray
+    from pipelines.world import ensure_corpus
+
+    init_ray(cfg.cluster)
+    return ensure_corpus(cfg)
+
+
+def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.evaluate import evaluate_model
+    from pipelines.probe import max_positions
+
+    for model_dir in args.model:
+        max_positions(model_dir)  # an HF model directory, else one line before any work
+    corpus_dir = _corpus_dir(cfg)
+    out = Path(args.out) if args.out else cfg.run_dir / "eval"
+    results = {}
+    for model_dir in args.model:
+        name = Path(model_dir).resolve().name
+        target = out / name if len(args.model) > 1 else out
+        results[str(model_dir)] = evaluate_model(
+            model_dir,
+            corpus_dir,
+            cfg.eval,
+            target,
+            tokenizer_dir=cfg.tokenizer.path or None,
+            heldout_context=cfg.pretrain.seq_len,
+            heldout_tokens=cfg.pretrain.eval_tokens,
+        )
+    line = {
+        m: {"average": r["average"], "heldout_ppl": r["heldout_ppl"]} for m, r in results.items()
+    }
+    print(json.dumps({"out": str(out), "models": line}))
+
+
+def cmd_compare(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.compare import compare
+
+    try:
+        seeds = sorted({int(x) for x in args.seeds.split(",") if x.strip()})
+    except ValueError:
+        raise UserError(f"--seeds '{args.seeds}': expected comma-separated integers") from None
+    if not seeds:
+        raise UserError("--seeds: give at least one seed")
+    print(json.dumps(compare(cfg, seeds)))
 
 
 def _distances(text: str) -> list[int]:
@@ -139,6 +184,16 @@ COMMANDS = {
         cmd_probe,
         "long-copy probe: how much a model's NLL of a 24-token span drops when the span also "
         "occurred D tokens earlier (nats/token), plus held-out perplexity; writes probe.json/png",
+    ),
+    "eval": (
+        cmd_eval,
+        "evaluate HF checkpoints on the RULER-style suite (eval.tasks at eval.lengths: exact "
+        "match and likelihood scores), the long-copy probe and held-out perplexity; eval.json",
+    ),
+    "compare": (
+        cmd_compare,
+        "run every method in eval.methods from the same pi_0 per seed, evaluate each final "
+        "checkpoint and the loss gap per stage; writes <name>-compare/compare.md and .png",
     ),
     "report": (cmd_report, "rewrite a run's stage summaries, plots and report.md"),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
@@ -177,7 +232,36 @@ def _probe_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-ARGUMENTS = {"probe": _probe_arguments}  # subcommand-specific flags
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="HF model directory to evaluate (repeatable); the suite is set by the config's "
+        "eval section, e.g. --set eval.samples=10 --set eval.lengths=[512,1024]",
+    )
+    p.add_argument(
+        "--out",
+        default="",
+        help="folder for eval.json and eval_samples.parquet (default: <run dir>/eval; one "
+        "subfolder per model when several are given)",
+    )
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--seeds",
+        default="0,1",
+        help="comma-separated run seeds; each method runs once per seed (default: %(default)s)",
+    )
+
+
+ARGUMENTS = {  # subcommand-specific flags
+    "probe": _probe_arguments,
+    "eval": _eval_arguments,
+    "compare": _compare_arguments,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,9 @@ from typing import Any, Literal
 import yaml
 
 from pipelines.errors import UserError
+from pipelines.eval_tasks import TASKS as EVAL_TASKS
+
+METHODS = ("policylong", "entropylong", "nextlong", "concat")
 
 
 class ConfigError(UserError):
@@ -218,6 +221,22 @@ class ClusterSection:
 
 
 @dataclass
+class EvalSection:
+    """`policylong eval` / `compare` (pipelines/evaluate.py, eval_tasks.py, compare.py)."""
+
+    tasks: list[str] = field(default_factory=lambda: list(EVAL_TASKS))
+    lengths: list[int] = field(default_factory=lambda: [512, 1024, 2048, 4096])
+    samples: int = field(default=50, metadata=_r(1))  # per task and length
+    options: int = field(default=4, metadata=_r(2))  # likelihood score: chance = 1 / options
+    copy_samples: int = field(default=12, metadata=_r(2))  # long-copy probe, per length
+    loss_gap_samples: int = field(default=16, metadata=_r(1))  # per stage
+    seed: int = field(default=0, metadata=_r(0))
+    methods: list[str] = field(
+        default_factory=lambda: ["policylong", "entropylong", "nextlong", "concat"]
+    )
+
+
+@dataclass
 class Config:
     run: RunSection = field(default_factory=RunSection)
     corpus: CorpusSection = field(default_factory=CorpusSection)
@@ -231,6 +250,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     stages: StagesSection = field(default_factory=StagesSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
+    eval: EvalSection = field(default_factory=EvalSection)
 
     @property
     def run_dir(self) -> Path:
@@ -336,6 +356,17 @@ def _check_cross_fields(cfg: Config) -> None:
             "config key 'screen.query_before' + screen.query_after must be >= 1 "
             "(with both 0 the query is the anchor token alone)"
         )
+    for key, values, allowed in (
+        ("eval.tasks", cfg.eval.tasks, EVAL_TASKS),
+        ("eval.methods", cfg.eval.methods, METHODS),
+    ):
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise ConfigError(
+                f"config key '{key}' has {bad or 'no entries'}: choose from {', '.join(allowed)}"
+            )
+    if min(cfg.eval.lengths, default=0) < 64:
+        raise ConfigError("config key 'eval.lengths' needs lengths >= 64 tokens")
     if cfg.corpus.min_chars > cfg.corpus.max_chars:
         raise ConfigError("config key 'corpus.min_chars' must be <= corpus.max_chars")
     tensor_transport = cfg.stages.weight_transport in ("object_store", "collective")

@@ -47,7 +47,8 @@ def seed_share(cfg: Config, docs: list[dict], k: int) -> list[dict]:
 def stage_timeline(sdir: Path, started: float) -> dict:
     """Seconds from the stage's start to its milestones: where the stage's wall time goes."""
     samples = json.loads((sdir / "samples" / "manifest.json").read_text())
-    lines = (sdir / "train" / "train_log.jsonl").read_text().splitlines()
+    train_log = sdir / "train" / "train_log.jsonl"  # absent when no sample was committed
+    lines = train_log.read_text().splitlines() if train_log.is_file() else []
     steps = [json.loads(x)["t"] for x in lines] or [float("nan")]
     first_commit = samples["counts"].get("first_commit_at") or float("nan")
     return {
@@ -123,13 +124,13 @@ def run_policylong(cfg: Config) -> dict:
         seq_len, theta = cfg.stages.seq_lens[k], cfg.stages.rope_thetas[k]
         sdir = stage_dir(cfg, k)
         sdir.mkdir(parents=True, exist_ok=True)
+        synced = None
         if on_policy and version > 0:  # every actor must hold pi_k before stage k starts
             expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
-            broadcasts.append(
-                broadcast(
-                    groups, policy_dir, version, probe_ids, expected, cfg.stages.probe_tolerance
-                )
+            synced = broadcast(
+                groups, policy_dir, version, probe_ids, expected, cfg.stages.probe_tolerance
             )
+            broadcasts.append(synced)
         log.info(
             "stage %d: seq_len %d, RoPE base %.3g, policy version %d", k, seq_len, theta, version
         )
@@ -178,6 +179,12 @@ def run_policylong(cfg: Config) -> dict:
             cfg.cluster.gpus_per_train_worker,
         )
         construction.join()
+        if not result.get("samples"):
+            log.warning(
+                "stage %d committed no samples (%s): pi_%d is pi_%d untrained; with few "
+                "verified dependencies lower verify.tau_pos or raise stages.seed_docs_per_stage",
+                k, result, k + 1, k,
+            )  # fmt: skip
         busy = dict(
             zip(actor_names, ray.get([a.busy_seconds.remote() for a in actors]), strict=True)
         )
@@ -190,6 +197,7 @@ def run_policylong(cfg: Config) -> dict:
             "model_dir": spec.out_model_dir,
             "construction": result,
             "wall_s": time.time() - started,
+            "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
             "timeline_s": stage_timeline(sdir, started),
             "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
             "train_busy_s": [

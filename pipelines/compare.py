@@ -57,20 +57,13 @@ def _run_method(rcfg: Config, corpus_dir: Path) -> float:
 
 
 def _loss_gaps(rcfg: Config, pi0_dir: Path) -> list[dict]:
-    from pipelines.loss_gap import stage_loss_gap
+    from pipelines.loss_gap import ensure_stage_loss_gap
     from pipelines.policylong import stage_dir
 
     gaps, before = [], pi0_dir
     for k in range(len(rcfg.stages.seq_lens)):
-        sdir = stage_dir(rcfg, k)
-        out = sdir / "loss_gap.json"
-        if not out.is_file():
-            gap = stage_loss_gap(
-                sdir / "samples", before, sdir / "model", rcfg.eval.loss_gap_samples
-            )
-            out.write_text(json.dumps(gap, indent=2))
-        gaps.append(json.loads(out.read_text()))
-        before = sdir / "model"
+        gaps.append(ensure_stage_loss_gap(stage_dir(rcfg, k), before, rcfg.eval.loss_gap_samples))
+        before = stage_dir(rcfg, k) / "model"
     return gaps
 
 

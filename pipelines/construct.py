@@ -32,6 +32,7 @@ from tqdm import tqdm
 from pipelines.assemble import Piece, assemble_sample
 from pipelines.chunking import read_chunk_table
 from pipelines.config import Config
+from pipelines.errors import StepFailed, describe, in_step
 from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
 from pipelines.screen import screen_row
 
@@ -107,6 +108,7 @@ class StageContext:
     retriever: object  # pipelines.retrieve.Retriever
     tokenizer: object
     fillers: FillerPool
+    stop: threading.Event = field(default_factory=threading.Event)  # set: abandon the stage
 
 
 def _candidates(ctx: StageContext, rows: list[dict]) -> list[list[dict]]:
@@ -190,22 +192,26 @@ def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> Batc
     verified: list[list[dict]] = [[] for _ in docs]
     positions_of: list[list[int]] = [[] for _ in docs]
     if method in ("policylong", "entropylong"):
-        scored = ray.get(scorer.score.remote(docs))
-        rows = [
-            screen_row(d["doc_id"], d["input_ids"], s["entropy"], ctx.tokenizer, cfg)
-            for d, s in zip(docs, scored, strict=True)
-        ]
+        with in_step("screen"):
+            scored = ray.get(scorer.score.remote(docs))
+            rows = [
+                screen_row(d["doc_id"], d["input_ids"], s["entropy"], ctx.tokenizer, cfg)
+                for d, s in zip(docs, scored, strict=True)
+            ]
         screen_rows = [
             row | {"entropy": s["entropy"].tolist(), "policy_version": ctx.policy_version}
             for row, s in zip(rows, scored, strict=True)
         ]
-        cands = _candidates(ctx, rows)
+        with in_step("retrieve"):
+            cands = _candidates(ctx, rows)
         items = [(d | row, c) for d, row, c in zip(docs, rows, cands, strict=True)]
-        verified = ray.get(verifier.verify_many.remote(items))
+        with in_step("verify"):
+            verified = ray.get(verifier.verify_many.remote(items))
         positions_of = [row["positions"] for row in rows]
         tokens_of = [{c["chunk_id"]: c["input_ids"] for c in cs} for cs in cands]
     elif method == "nextlong":
-        verified = [_nextlong_candidates(ctx, doc) for doc in docs]
+        with in_step("retrieve"):
+            verified = [_nextlong_candidates(ctx, doc) for doc in docs]
         tokens_of = [{c["chunk_id"]: c["input_ids"] for c in cs} for cs in verified]
     else:
         tokens_of = [{} for _ in docs]
@@ -247,18 +253,19 @@ def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> Batc
             hashlib.sha256(f"{cfg.run.seed}:{ctx.stage}:{doc['doc_id']}".encode()).hexdigest()[:8],
             16,
         )
-        s = assemble_sample(
-            ctx.stage,
-            doc["doc_id"],
-            doc["input_ids"],
-            positives,
-            negatives,
-            ctx.fillers.sampler(doc["doc_id"]),
-            ctx.seq_len,
-            ctx.tokenizer.eos_token_id,
-            cfg.assemble,
-            seed,
-        )
+        with in_step("assemble"):
+            s = assemble_sample(
+                ctx.stage,
+                doc["doc_id"],
+                doc["input_ids"],
+                positives,
+                negatives,
+                ctx.fillers.sampler(doc["doc_id"]),
+                ctx.seq_len,
+                ctx.tokenizer.eos_token_id,
+                cfg.assemble,
+                seed,
+            )
         samples.append(
             {
                 "sample_id": s.sample_id,
@@ -317,6 +324,8 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
     pending: dict = {}
     try:
         while next_commit < len(batches) and committed < budget_samples:
+            if ctx.stop.is_set():
+                raise StepFailed("construct", RuntimeError("stopped: training failed"))
             # Keep batches in flight ahead of the commit point (committed ones are skipped).
             while next_submit < len(batches) and len(pending) < cfg.stages.batches_in_flight:
                 if names[next_submit] not in done:
@@ -330,17 +339,21 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
                     fut = next(as_completed(pending))
                     results[pending.pop(fut)] = fut.result()
                 result = results.pop(next_commit)
-                n = _commit(ctx, sample_log, result, budget_samples - committed)
+                with in_step("commit"):
+                    n = _commit(ctx, sample_log, result, budget_samples - committed)
                 first_commit_at = first_commit_at or time.time()
                 counts.add(**(result.counts.to_dict() | {"samples": n, "tokens": n * ctx.seq_len}))
                 committed += n
             bar.update(min(committed, budget_samples) - bar.n)
             next_commit += 1
+    except BaseException as e:  # tell the trainer, which would otherwise wait for samples
+        sample_log.fail(describe(e))
+        raise
     finally:
         # Budget met (or an error): batches still in flight are not needed. Do not wait for
         # them; they commit nothing (only this loop commits).
         pool.shutdown(wait=False, cancel_futures=True)
-    bar.close()
+        bar.close()
     sample_log.finish(
         counts.to_dict() | {"samples_committed": committed, "first_commit_at": first_commit_at}
     )

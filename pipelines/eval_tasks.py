@@ -13,7 +13,8 @@ a small model allows (../shared/METHOD_NOTES.md §4):
                        variables holding the queried value (other chains are the distractors)
     common_words       a numbered word list; the three most frequent words are the answers
 
-Every sample is token ids: EOS (where documents start, as in pretraining) + the instruction +
+Every sample is token ids: BOS (EOS where the tokenizer has none, as in pretraining) + the
+instruction +
 the haystack with the needles inserted + the question, exactly `length` tokens. Each question
 then has a lead, the answer prefix the model continues ("The special magic number for {key}
 is:"), which repeats the needle's wording so that a model that copies can continue it; RULER's
@@ -72,6 +73,8 @@ class EvalSample:
     queries: list[Query]
     needle_starts: list[int] = field(default_factory=list)  # gold needles' first token in prompt
     needle_ids: list[list[int]] = field(default_factory=list)
+    needle_cuts: list[int] = field(default_factory=list)  # haystack tokens before each of them
+    haystack_tokens: int = 0
 
 
 class TaskBuilder:
@@ -86,6 +89,8 @@ class TaskBuilder:
         if len(self.words) < 50:
             raise UserError(f"the held-out text has {len(self.words)} distinct words; need 50")
         self.eos = tokenizer.eos_token_id
+        # what a document starts with: BOS where the tokenizer has one (Llama), else EOS (Qwen2)
+        self.start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         # byte-level BPE writes a newline as "Ċ": a token ending a sentence or a line
         self.sentence_end = {i for i, p in enumerate(pieces) if p and p[-1] in ".!?;Ċ\n"}
@@ -124,7 +129,8 @@ class TaskBuilder:
 
     def _assemble(self, rng, length, head, needles, depths, question, snap=True) -> tuple:
         """EOS + head + held-out text with `needles` at `depths` + question: `length` tokens.
-        Returns the prompt and each needle's start in it."""
+        Returns the prompt, each needle's start in it, the haystack tokens before each needle
+        and the haystack's length."""
         fixed = 1 + len(head) + len(question) + sum(len(x) for x in needles)
         hay_len = length - fixed
         if hay_len < 16:
@@ -136,7 +142,7 @@ class TaskBuilder:
         cuts = [round(d * hay_len) for d in depths]
         cuts = [self._snap(hay, c) for c in cuts] if snap else cuts
         order = sorted(range(len(needles)), key=lambda j: (cuts[j], j))
-        prompt, starts, prev = [self.eos, *head], [0] * len(needles), 0
+        prompt, starts, prev = [self.start, *head], [0] * len(needles), 0
         for j in order:
             prompt += hay[prev : cuts[j]]
             starts[j] = len(prompt)
@@ -144,13 +150,22 @@ class TaskBuilder:
             prev = cuts[j]
         prompt += hay[prev:] + question
         assert len(prompt) == length, (len(prompt), length)
-        return prompt, starts
+        return prompt, starts, cuts, hay_len
 
     def _snap(self, hay: list[int], cut: int) -> int:
         for j in range(cut, max(0, cut - SNAP) - 1, -1):
             if j == 0 or hay[j - 1] in self.sentence_end:
                 return j
         return cut
+
+    @staticmethod
+    def _with_needles(sample: EvalSample, gold, placed) -> EvalSample:
+        """Record where the gold needles went (placed: _assemble's result)."""
+        _, starts, cuts, hay_len = placed
+        sample.needle_starts = [starts[j] for j in gold]
+        sample.needle_cuts = [cuts[j] for j in gold]
+        sample.haystack_tokens = hay_len
+        return sample
 
     def _spread(self, rng, depth: float, n: int) -> list[float]:
         """The gold needle at `depth`, the others anywhere."""
@@ -180,7 +195,7 @@ class TaskBuilder:
         question = self.encode(
             f"\n{what} special magic {kind}{plural} for {names} mentioned in the provided text?\n"
         )
-        prompt, starts = self._assemble(rng, length, head, needles, depths, question)
+        placed = self._assemble(rng, length, head, needles, depths, question)
         queries = []
         for j, key in zip(gold, asked, strict=True):
             if many_values:  # one answer prefix; the continuation should list every value
@@ -194,10 +209,9 @@ class TaskBuilder:
             wrong = others + [self.encode(f" {v}") for v in fresh]
             queries.append(Query(lead, values[j], [value_ids[j], *wrong[: self.options - 1]],
                                  budget))  # fmt: skip
-        return EvalSample(
-            "", length, index, depth, prompt, queries,
-            [starts[j] for j in gold], [needles[j] for j in gold],
-        )  # fmt: skip
+        sample = EvalSample("", length, index, depth, placed[0], queries)
+        sample.needle_ids = [needles[j] for j in gold]
+        return self._with_needles(sample, gold, placed)
 
     def _niah_single(self, rng, length, index, depth) -> EvalSample:
         kind = ("number", "word", "uuid")[index % 3]
@@ -256,7 +270,7 @@ class TaskBuilder:
             "above.\n"
         )
         # unsnapped: a chain's statements must keep their order
-        prompt, starts = self._assemble(rng, length, head, needles, depths, question, snap=False)
+        placed = self._assemble(rng, length, head, needles, depths, question, snap=False)
         lead = self.encode(
             "Answer: According to the chain(s) of variable assignment in the text above, "
             f"{hops + 1} variables are assigned the value {values[0]}, they are:"
@@ -265,11 +279,9 @@ class TaskBuilder:
         budget = len(options[0]) + 4
         queries = [Query(lead, chains[0][0], options, budget)]
         queries += [Query(lead, name, [], budget) for name in chains[0][1:]]  # exact match only
-        gold = range(hops + 1)
-        return EvalSample(
-            "variable_tracking", length, index, depth, prompt, queries,
-            [starts[j] for j in gold], [needles[j] for j in gold],
-        )  # fmt: skip
+        sample = EvalSample("variable_tracking", length, index, depth, placed[0], queries)
+        sample.needle_ids = needles[: hops + 1]
+        return self._with_needles(sample, range(hops + 1), placed)
 
     # --- common words extraction ---------------------------------------------------------
 
@@ -306,7 +318,7 @@ class TaskBuilder:
             or min(listed[w] for w in common) <= listed[ranked[COMMON_WORDS]]
         ):
             raise UserError(f"eval length {length} is too short for common_words")
-        prompt = [self.eos, *head, *hay, *question]
+        prompt = [self.start, *head, *hay, *question]
         lead = self.encode(
             f"Answer: The top {COMMON_WORDS} words that appear most often in the list are:"
         )

@@ -13,6 +13,7 @@ it picks is still informative to the current model. Concatenation's filler shoul
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,15 @@ def stage_loss_gap(sample_dir: Path, before_dir: Path, after_dir: Path, n: int) 
         out[name] = loss_gap(model, samples)
         out[name]["model_dir"] = str(model_dir)
     return out
+
+
+def ensure_stage_loss_gap(stage_dir: Path, before_dir: Path, n: int) -> dict:
+    """The stage's loss gap, measured once and kept in stage_dir/loss_gap.json (the stage
+    report and `compare` share it)."""
+    out = Path(stage_dir) / "loss_gap.json"
+    if not out.is_file():
+        gap = stage_loss_gap(Path(stage_dir) / "samples", before_dir, Path(stage_dir) / "model", n)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(gap, indent=2))
+        tmp.replace(out)
+    return json.loads(out.read_text())

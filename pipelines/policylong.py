@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.config import Config
+from pipelines.errors import StageFailed, StepFailed, describe, in_step
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,31 @@ def stage_timeline(sdir: Path, started: float) -> dict:
     }
 
 
+def _construct(out: dict, ctx, seed_docs: list[dict], budget: int) -> None:
+    """The construction thread: its counts, or the error that ended it, land in `out`."""
+    from pipelines.construct import construct_stage
+
+    try:
+        out.update(construct_stage(ctx, seed_docs, budget))
+    except Exception as e:  # the driver reports it; a thread's exception would only be printed
+        out["error"] = e
+
+
+def _release(groups, actors, retriever) -> None:
+    import ray
+
+    for transport, _ in groups:
+        transport.close()
+    for actor in actors:
+        ray.kill(actor)
+    if retriever is not None:
+        retriever.close()
+
+
+def _rerun_hint(sdir: Path) -> str:
+    return f"committed samples are kept ({sdir / 'samples'}): fix the cause and rerun to resume"
+
+
 def run_policylong(cfg: Config) -> dict:
     import ray
 
@@ -68,7 +94,7 @@ def run_policylong(cfg: Config) -> dict:
     from cluster.runtime import check_train_fits
     from cluster.weight_sync import broadcast, transport_groups
     from pipelines.build_index import build_index, cached_index_dir
-    from pipelines.construct import FillerPool, StageContext, construct_stage
+    from pipelines.construct import FillerPool, StageContext
     from pipelines.ingest import read_docs
     from pipelines.report import write_report
     from pipelines.retrieve import Retriever
@@ -120,102 +146,118 @@ def run_policylong(cfg: Config) -> dict:
     actor_names = [f"scorer{i}" for i in range(len(scorers))]
     actor_names += [f"verifier{i}" for i in range(len(verifiers))]
 
-    for k in range(first, len(cfg.stages.seq_lens)):
-        seq_len, theta = cfg.stages.seq_lens[k], cfg.stages.rope_thetas[k]
-        sdir = stage_dir(cfg, k)
-        sdir.mkdir(parents=True, exist_ok=True)
-        synced = None
-        if on_policy and version > 0:  # every actor must hold pi_k before stage k starts
-            expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
-            synced = broadcast(
-                groups, policy_dir, version, probe_ids, expected, cfg.stages.probe_tolerance
+    try:
+        for k in range(first, len(cfg.stages.seq_lens)):
+            seq_len, theta = cfg.stages.seq_lens[k], cfg.stages.rope_thetas[k]
+            sdir = stage_dir(cfg, k)
+            sdir.mkdir(parents=True, exist_ok=True)
+            synced = None
+            if on_policy and version > 0:  # every actor must hold pi_k before stage k starts
+                expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
+                synced = broadcast(
+                    groups, policy_dir, version, probe_ids, expected, cfg.stages.probe_tolerance
+                )
+                broadcasts.append(synced)
+            log.info(
+                "stage %d: seq_len %d, RoPE base %.3g, policy version %d",
+                k,
+                seq_len,
+                theta,
+                version,
             )
-            broadcasts.append(synced)
-        log.info(
-            "stage %d: seq_len %d, RoPE base %.3g, policy version %d", k, seq_len, theta, version
-        )
-        ctx = StageContext(
-            cfg,
-            k,
-            seq_len,
-            actor_version,
-            sdir,
-            scorers,
-            verifiers,
-            retriever,
-            tokenizer,
-            fillers,
-        )
-        budget = max(1, cfg.stages.tokens_per_stage // seq_len)
-        result: dict = {}
-        construction = threading.Thread(
-            target=lambda out, *a: out.update(construct_stage(*a)),
-            args=(result, ctx, seed_share(cfg, docs, k), budget),
-            name=f"construct-stage-{k}",
-        )
-        check_train_fits(cfg.cluster)  # before any work: fail fast rather than hang in Ray Train
-        started = time.time()
-        busy_before = busy if k > first else {}
-        construction.start()
-        spec = StageTrainSpec(
-            stage=k,
-            init_model_dir=str(policy_dir),
-            out_model_dir=str((sdir / "model").resolve()),
-            sample_log_dir=str((sdir / "samples").resolve()),
-            ledger_dir=str((sdir / "train").resolve()),
-            seq_len=seq_len,
-            rope_theta=theta,
-            budget_samples=budget,
-            train=asdict(cfg.train),
-            threads=cfg.cluster.torch_threads_per_actor,
-            probe_ids=probe_ids,
-            lm_head_chunk_tokens=cfg.screen.lm_head_chunk_tokens,
-            lm_head_vocab_tile=cfg.screen.lm_head_vocab_tile,
-        )
-        train_stage(
-            spec,
-            cfg.cluster.num_train_workers,
-            cfg.cluster.cpus_per_train_worker,
-            cfg.cluster.gpus_per_train_worker,
-        )
-        construction.join()
-        if not result.get("samples"):
-            log.warning(
-                "stage %d committed no samples (%s): pi_%d is pi_%d untrained; with few "
-                "verified dependencies lower verify.tau_pos or raise stages.seed_docs_per_stage",
-                k, result, k + 1, k,
-            )  # fmt: skip
-        busy = dict(
-            zip(actor_names, ray.get([a.busy_seconds.remote() for a in actors]), strict=True)
-        )
-        manifest = {
-            "stage": k,
-            "seq_len": seq_len,
-            "rope_theta": theta,
-            "method": method,
-            "policy_version_used": ctx.policy_version,
-            "model_dir": spec.out_model_dir,
-            "construction": result,
-            "wall_s": time.time() - started,
-            "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
-            "timeline_s": stage_timeline(sdir, started),
-            "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
-            "train_busy_s": [
-                json.loads(f.read_text())["busy_s"]
-                for f in sorted((sdir / "train").glob("rank*_busy.json"))
-            ],
-        }
-        (sdir / "stage_manifest.json").write_text(json.dumps(manifest, indent=2))
-        policy_dir, version = Path(spec.out_model_dir), k + 1
-        if on_policy:
-            actor_version = version
+            ctx = StageContext(
+                cfg,
+                k,
+                seq_len,
+                actor_version,
+                sdir,
+                scorers,
+                verifiers,
+                retriever,
+                tokenizer,
+                fillers,
+            )
+            budget = max(1, cfg.stages.tokens_per_stage // seq_len)
+            result: dict = {}
+            construction = threading.Thread(
+                target=_construct,
+                args=(result, ctx, seed_share(cfg, docs, k), budget),
+                name=f"construct-stage-{k}",
+            )
+            check_train_fits(
+                cfg.cluster
+            )  # before any work: fail fast rather than hang in Ray Train
+            started = time.time()
+            busy_before = busy if k > first else {}
+            construction.start()
+            spec = StageTrainSpec(
+                stage=k,
+                init_model_dir=str(policy_dir),
+                out_model_dir=str((sdir / "model").resolve()),
+                sample_log_dir=str((sdir / "samples").resolve()),
+                ledger_dir=str((sdir / "train").resolve()),
+                seq_len=seq_len,
+                rope_theta=theta,
+                budget_samples=budget,
+                train=asdict(cfg.train),
+                threads=cfg.cluster.torch_threads_per_actor,
+                probe_ids=probe_ids,
+                lm_head_chunk_tokens=cfg.screen.lm_head_chunk_tokens,
+                lm_head_vocab_tile=cfg.screen.lm_head_vocab_tile,
+            )
+            try:
+                with in_step("train"):
+                    train_stage(
+                        spec,
+                        cfg.cluster.num_train_workers,
+                        cfg.cluster.cpus_per_train_worker,
+                        cfg.cluster.gpus_per_train_worker,
+                    )
+            except StepFailed as train_error:
+                ctx.stop.set()  # construction must not go on for a stage that cannot finish
+                construction.join()
+                cause = result.get("error") or train_error  # the trainer stopped because of it
+                raise StageFailed(
+                    f"stage {k} failed in {describe(cause)}; {_rerun_hint(sdir)}"
+                ) from None
+            construction.join()
+            if "error" in result:
+                raise StageFailed(
+                    f"stage {k} failed in {describe(result['error'])}; {_rerun_hint(sdir)}"
+                )
+            if not result.get("samples"):
+                log.warning(
+                    "stage %d committed no samples (%s): pi_%d = pi_%d untrained; lower "
+                    "verify.tau_pos or raise stages.seed_docs_per_stage",
+                    k, result, k + 1, k,
+                )  # fmt: skip
+            busy = dict(
+                zip(actor_names, ray.get([a.busy_seconds.remote() for a in actors]), strict=True)
+            )
+            manifest = {
+                "stage": k,
+                "seq_len": seq_len,
+                "rope_theta": theta,
+                "method": method,
+                "policy_version_used": ctx.policy_version,
+                "model_dir": spec.out_model_dir,
+                "construction": result,
+                "wall_s": time.time() - started,
+                "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
+                "timeline_s": stage_timeline(sdir, started),
+                "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
+                "train_busy_s": [
+                    json.loads(f.read_text())["busy_s"]
+                    for f in sorted((sdir / "train").glob("rank*_busy.json"))
+                ],
+            }
+            (sdir / "stage_manifest.json").write_text(json.dumps(manifest, indent=2))
+            policy_dir, version = Path(spec.out_model_dir), k + 1
+            if on_policy:
+                actor_version = version
+    finally:  # also when a stage failed: no actor or transport outlives the run
+        _release(groups, actors, retriever)
 
-    for transport, _ in groups:
-        transport.close()
-    for actor in actors:
-        ray.kill(actor)
-    if retriever is not None:
-        retriever.close()
     report = write_report(cfg.run_dir)
     return {
         "stages": len(cfg.stages.seq_lens),

@@ -60,6 +60,10 @@ def stage_summary(stage_dir: Path) -> dict:
             summary |= {
                 f"r_p{q}": float(np.nanpercentile(r, q)) for q in (10, 90, 99)
             }  # fmt: skip
+    gap = stage_dir / "loss_gap.json"  # the document's NLL alone minus after its context
+    if gap.is_file():
+        g = json.loads(gap.read_text())
+        summary |= {"loss_gap_pi_k": g["pi_k"]["gap"], "loss_gap_pi_k+1": g["pi_k+1"]["gap"]}
     losses = [x["loss"] for x in _read_jsonl(stage_dir / "train" / "train_log.jsonl")]
     if losses:
         summary |= {"train_steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1]}
@@ -142,7 +146,13 @@ def write_report(run_dir: Path, cfg: Config | None = None) -> Path:
         cfg = load_config(run_dir / "config.yaml")
     stages = sorted(p for p in (run_dir / "stages").glob("stage_*") if p.is_dir())
     rows, lines = [], [f"# PolicyLong run `{run_dir.name}`", ""]
+    before = _base_model_dir(cfg, run_dir / "corpus") if cfg is not None else None
     for stage_dir in stages:
+        if before is not None and (stage_dir / "stage_manifest.json").is_file():
+            from pipelines.loss_gap import ensure_stage_loss_gap
+
+            ensure_stage_loss_gap(stage_dir, before, cfg.eval.loss_gap_samples)
+        before = stage_dir / "model"
         summary = stage_summary(stage_dir)
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         rows.append(summary)

@@ -65,6 +65,7 @@ class SampleLog:
         self.root.mkdir(parents=True, exist_ok=True)
         if writer:  # only the writer may clean up: a reader could race a commit in flight
             self._discard_uncommitted()
+            self.failure_path.unlink(missing_ok=True)  # a rerun starts afresh
 
     def _discard_uncommitted(self) -> None:
         for path in self.root.glob("shard-*"):
@@ -120,6 +121,21 @@ class SampleLog:
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(manifest, indent=2))
         tmp.replace(self.manifest_path)
+
+    # A failed construction says so, so that readers stop waiting for samples that never come.
+    @property
+    def failure_path(self) -> Path:
+        return self.root / "failed.json"
+
+    def fail(self, reason: str) -> None:
+        tmp = self.failure_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"reason": reason, "failed_at": time.time()}))
+        tmp.replace(self.failure_path)
+
+    def failure(self) -> str | None:
+        if not self.failure_path.exists():
+            return None
+        return json.loads(self.failure_path.read_text())["reason"]
 
     def is_finished(self) -> bool:
         return self.manifest_path.exists()

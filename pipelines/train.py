@@ -62,6 +62,9 @@ class SampleStream:
         self.waited_s = 0.0  # time spent waiting for construction (not busy)
 
     def _refresh(self) -> bool:
+        failure = self.log.failure()
+        if failure:  # construction failed: no more samples will come
+            raise RuntimeError(f"construction failed, training stops: {failure}")
         finished = self.log.is_finished()  # read before listing: no commit can be missed
         known = {name for name, _ in self.index}
         for commit in self.log.commits():

@@ -71,3 +71,15 @@ def copier_dir(tmp_path_factory):
         f" <= {UNRELATED_R_MAX})"
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def one_stage_compare(load_test_profile, tiny_world, ray_local):
+    """`policylong compare` of every method on one small stage (tests/one_stage.py); its runs
+    also serve the baseline tests. (config, compare()'s result)"""
+    from one_stage import COMPARE
+
+    from pipelines.compare import compare
+
+    cfg = load_test_profile("run.name=cmp", *COMPARE)
+    return cfg, compare(cfg, [0])

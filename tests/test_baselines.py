@@ -9,17 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.compare import method_config
 from pipelines.policylong import run_policylong, stage_dir
 
 pytestmark = pytest.mark.slow
-
-ONE_STAGE = [
-    "stages.seq_lens=[512]",
-    "stages.rope_thetas=[20000.0]",
-    "stages.tokens_per_stage=2048",  # 4 samples
-    "stages.seed_docs_per_stage=24",
-    "screen.batch_docs=4",
-]
 
 
 def _samples(cfg, k: int) -> list[dict]:
@@ -40,9 +33,8 @@ def baseline_run(load_test_profile, tiny_world, ray_local):
     return run
 
 
-def test_nextlong_interleaves_unverified_hard_negatives(baseline_run):
-    cfg, result = baseline_run("nextlong", *ONE_STAGE)
-    assert result["new_work"]
+def test_nextlong_interleaves_unverified_hard_negatives(one_stage_compare):
+    cfg = method_config(one_stage_compare[0], "nextlong", 0)  # the compare's one-stage run
     samples = _samples(cfg, 0)
     assert len(samples) == 4 and all(len(s["input_ids"]) == 512 for s in samples)
     for s in samples:
@@ -55,8 +47,8 @@ def test_nextlong_interleaves_unverified_hard_negatives(baseline_run):
     assert manifest["actor_busy_s"] == {}  # no scorer, no verifier
 
 
-def test_concat_is_filler_and_the_document(baseline_run):
-    cfg, _ = baseline_run("concat", *ONE_STAGE)
+def test_concat_is_filler_and_the_document(one_stage_compare):
+    cfg = method_config(one_stage_compare[0], "concat", 0)
     samples = _samples(cfg, 0)
     assert len(samples) == 4
     for s in samples:

@@ -1,0 +1,21 @@
+"""The smallest run of the test profile that still trains: one stage of 512 tokens, 4 samples."""
+
+ONE_STAGE = [
+    "stages.seq_lens=[512]",
+    "stages.rope_thetas=[20000.0]",
+    "stages.tokens_per_stage=2048",  # 4 samples
+    "stages.seed_docs_per_stage=24",
+    "screen.batch_docs=4",
+]
+
+# `policylong compare` on it, every method, seed 0: the test pi_0 does not copy, so thresholds
+# that let a few of its candidates through, and an evaluation of a few samples.
+COMPARE = [
+    *ONE_STAGE,
+    "verify.tau_pos=0.005",
+    "verify.tau_neg=0.0",
+    "eval.samples=2",
+    "eval.lengths=[512]",
+    "eval.copy_samples=2",
+    "eval.loss_gap_samples=2",
+]

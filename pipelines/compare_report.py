@@ -141,7 +141,10 @@ def _cost_section(results, methods) -> list[str]:
     keys = ["run_wall_s", "stages_wall_s", "screen_busy_s", "verify_busy_s", "broadcast_s",
             "train_busy_s", "samples"]  # fmt: skip
     runs = _by_method(results, methods)
-    rows = [[m, *[_cell([r["cost"][k] for r in rs], 1) for k in keys]] for m, rs in runs.items()]
+    digits = {k: 0 if k == "samples" else 1 for k in keys}
+    rows = [
+        [m, *[_cell([r["cost"][k] for r in rs], digits[k]) for k in keys]] for m, rs in runs.items()
+    ]
     lines = ["## Cost", "", *_table(["method", *keys], rows), ""]
     if runs.get("policylong") and runs.get("entropylong"):
         pl = np.mean([r["cost"]["run_wall_s"] for r in runs["policylong"]])

@@ -148,7 +148,8 @@ def write_report(run_dir: Path, cfg: Config | None = None) -> Path:
     rows, lines = [], [f"# PolicyLong run `{run_dir.name}`", ""]
     before = _base_model_dir(cfg, run_dir / "corpus") if cfg is not None else None
     for stage_dir in stages:
-        if before is not None and (stage_dir / "stage_manifest.json").is_file():
+        done = (stage_dir / "stage_manifest.json").is_file()
+        if cfg is not None and before is not None and done:
             from pipelines.loss_gap import ensure_stage_loss_gap
 
             ensure_stage_loss_gap(stage_dir, before, cfg.eval.loss_gap_samples)

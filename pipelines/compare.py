@@ -40,8 +40,9 @@ def method_config(cfg: Config, method: str, seed: int) -> Config:
     return dataclasses.replace(cfg, run=run, stages=stages)
 
 
-def _run_method(rcfg: Config, corpus_dir: Path) -> float:
-    """Run (or resume) one method; its end-to-end wall seconds, kept from the run that did it."""
+def _run_method(rcfg: Config, corpus_dir: Path) -> float | None:
+    """Run (or resume) one method; its end-to-end wall seconds, kept from the run that did it
+    (None when it was resumed: then only the stage manifests' walls are complete)."""
     from pipelines.run import run
 
     rcfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -49,10 +50,12 @@ def _run_method(rcfg: Config, corpus_dir: Path) -> float:
     if not shared.exists():  # every run reads the one ingested corpus (the same held-out split)
         shared.symlink_to(Path(corpus_dir).resolve(), target_is_directory=True)
     stamp = rcfg.run_dir / "compare_wall.json"
+    fresh = not (rcfg.run_dir / "stages").exists()  # a resumed run's wall would be partial
     start = time.perf_counter()
     result = run(rcfg)
     if result["new_work"] or not stamp.is_file():
-        stamp.write_text(json.dumps({"run_wall_s": round(time.perf_counter() - start, 1)}))
+        wall = round(time.perf_counter() - start, 1) if fresh else None
+        stamp.write_text(json.dumps({"run_wall_s": wall, "resumed": not fresh}))
     return json.loads(stamp.read_text())["run_wall_s"]
 
 
@@ -67,7 +70,7 @@ def _loss_gaps(rcfg: Config, pi0_dir: Path) -> list[dict]:
     return gaps
 
 
-def _cost(rcfg: Config, run_wall_s: float) -> dict:
+def _cost(rcfg: Config, run_wall_s: float | None) -> dict:
     """Where a run's time went, from its stage manifests."""
     from pipelines.policylong import stage_dir
 
@@ -133,7 +136,7 @@ def compare(cfg: Config, seeds: list[int]) -> dict:
         log.info(
             "compare %d/%d: %s seed %d done: likelihood %s, run %.0f s",
             i, len(runs), method, seed,
-            " ".join(f"{n}:{v['likelihood']:.2f}" for n, v in avg.items()), wall,
+            " ".join(f"{n}:{v['likelihood']:.2f}" for n, v in avg.items()), wall or float("nan"),
         )  # fmt: skip
     (out / "compare.json").write_text(json.dumps(results, indent=2))
     md, png = write_compare(cfg, seeds, results, out, pi0)

@@ -44,9 +44,14 @@ def build_model(cfg: ModelSection, vocab_size: int, eos_id: int) -> Qwen2ForCaus
     return Qwen2ForCausalLM(config)
 
 
+def join_documents(token_lists: list[list[int]], eos_id: int) -> np.ndarray:
+    """One token stream: every document followed by EOS, as in pretraining."""
+    return np.fromiter((t for ids in token_lists for t in [*ids, eos_id]), dtype=np.int64)
+
+
 def pack(token_lists: list[list[int]], eos_id: int, seq_len: int) -> torch.Tensor:
     """Concatenate documents (eos between) and cut into rows of seq_len tokens."""
-    flat = np.fromiter((t for ids in token_lists for t in [*ids, eos_id]), dtype=np.int64)
+    flat = join_documents(token_lists, eos_id)
     rows = len(flat) // seq_len
     return torch.from_numpy(flat[: rows * seq_len].reshape(rows, seq_len))
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from pipelines.base_model import join_documents
 from pipelines.config import EvalSection
 from pipelines.eval_tasks import EvalSample, TaskBuilder
 from pipelines.probe import SPAN, heldout_token_lists, max_positions, probe_model
@@ -134,8 +135,7 @@ def score_sample(model, tokenizer, sample: EvalSample) -> dict:
 def builder_for(tokenizer, corpus_dir: Path, cfg: EvalSection) -> TaskBuilder:
     """The suite's sample builder over the corpus's held-out documents."""
     docs = heldout_token_lists(corpus_dir, tokenizer)
-    eos = tokenizer.eos_token_id
-    stream = np.fromiter((t for ids in docs for t in [*ids, eos]), dtype=np.int64)
+    stream = join_documents(docs, tokenizer.eos_token_id)
     texts = tokenizer.batch_decode(docs)
     words = [w for text in texts for w in re.findall(r"\b[a-z]+\b", text)]
     return TaskBuilder(tokenizer, stream, words, cfg.options, cfg.seed)

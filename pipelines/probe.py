@@ -173,7 +173,7 @@ def probe_model(
     the first heldout_tokens tokens packed into rows of heldout_context). JSON-able."""
     from transformers import AutoModelForCausalLM
 
-    from pipelines.base_model import mean_nll, pack
+    from pipelines.base_model import join_documents, mean_nll, pack
     from pipelines.tokenizer import load_tokenizer
 
     distances = sorted({int(d) for d in distances})
@@ -182,7 +182,7 @@ def probe_model(
     tokenizer = load_tokenizer(tokenizer_dir or model_dir)
     docs = heldout_token_lists(corpus_dir, tokenizer)
     eos = tokenizer.eos_token_id
-    stream = np.fromiter((t for ids in docs for t in [*ids, eos]), dtype=np.int64)
+    stream = join_documents(docs, eos)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     gains = long_copy_gain(model, stream, distances, span, samples, seed, batch_size)
     blocks = pack(docs, eos, heldout_context)[: max(1, heldout_tokens // heldout_context)]

@@ -32,6 +32,11 @@ def resolve_embedder(name: str) -> str:
     return name
 
 
+def embedder_threads(cpus: float) -> int:
+    """Torch threads of an embedder actor: its CPU share (resources.embedder.cpus), at least 1."""
+    return max(1, int(round(cpus)))
+
+
 class SentenceEncoder:
     """One loaded sentence-transformers model; `embed` returns float32 unit vectors."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from actors.backends import architecture
+from actors.model_architecture import architecture
 
 log = logging.getLogger(__name__)
 

@@ -10,48 +10,50 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from actors.backends import make_backend, omp_bind_for
-from pipelines.config import Config
+from pipelines.config import ScreenSection
 from pipelines.entropy import entropies_at, token_entropies
 
 
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy actor needs to start its engine (not the whole config)."""
+
+    backend: str  # "hf" | "vllm"
+    screen: ScreenSection  # vLLM engine settings and the entropy kernel's tiling
+    threads: int  # torch / OpenMP threads of the actor and its engine
+    gpus: float
+    engine_index: int  # its place among the node's vLLM engines (core binding)
+    max_model_len: int | None = None  # vLLM: longest sequence; None = screen.max_doc_tokens
+
+
 class PolicyHolder:
-    def __init__(
-        self,
-        cfg: Config,
-        model_dir: str | Path,
-        *,
-        backend: str,
-        gpus: float,
-        engine_index: int,
-        version: int = 0,
-        max_model_len: int | None = None,
-    ):
-        threads = cfg.cluster.torch_threads_per_actor
+    def __init__(self, spec: PolicySpec, model_dir: str | Path, version: int = 0):
         # Before any engine starts: vLLM's in-process worker replaces torch.set_num_threads, and
         # an unbound ("nobind") engine process takes its thread count from OMP_NUM_THREADS.
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        self.cfg = cfg
+        torch.set_num_threads(spec.threads)
+        os.environ["OMP_NUM_THREADS"] = str(spec.threads)
+        self.spec = spec
         self.model_dir = str(model_dir)
         self.busy_s = 0.0
         self.backend = make_backend(
-            backend,
+            spec.backend,
             model_dir,
-            cfg.screen,
-            max_model_len=max_model_len,
-            omp_threads_bind=omp_bind_for(cfg.screen, engine_index),
-            device="cuda" if gpus > 0 else "cpu",
+            spec.screen,
+            max_model_len=spec.max_model_len,
+            omp_threads_bind=omp_bind_for(spec.screen, spec.engine_index),
+            device="cuda" if spec.gpus > 0 else "cpu",
             version=version,
         )
 
     @property
     def _tiling(self) -> tuple[int, int]:
-        return self.cfg.screen.lm_head_chunk_tokens, self.cfg.screen.lm_head_vocab_tile
+        return self.spec.screen.lm_head_chunk_tokens, self.spec.screen.lm_head_vocab_tile
 
     def entropies(self, sequences: list[list[int]]) -> list[torch.Tensor]:
         """Exact H(x_t | x_<t) of every token of every sequence (out[0] = NaN)."""

@@ -23,8 +23,8 @@ class ShardIndex:
     def __init__(self, index_dir: str | Path, shard: int, nprobe: int = 16, threads: int = 1):
         import faiss
 
-        from pipelines.build_index import read_manifest, rebuild_hint
         from pipelines.chunking import read_chunk_table
+        from pipelines.index_format import read_manifest, rebuild_hint
 
         index_dir = Path(index_dir)
         meta = read_manifest(index_dir)["shards"][shard]
@@ -84,7 +84,7 @@ class ShardIndex:
 
 @ray.remote
 class RetrievalShard:
-    """Ray actor around ShardIndex; start one per shard with num_cpus=cluster.cpus_per_shard."""
+    """Ray actor around ShardIndex; start one per shard with num_cpus=resources.shard.cpus."""
 
     def __init__(self, index_dir: str, shard: int, nprobe: int = 16, threads: int = 1):
         self.shard = ShardIndex(index_dir, shard, nprobe, threads)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from actors.policy_holder import PolicyHolder
-from pipelines.config import Config
+from actors.policy_holder import PolicyHolder, PolicySpec
+from pipelines.config import Config, VerifySection
+from pipelines.records import Candidate, ScreenedDoc, Verdict
 
 
 def label_of(r: float, tau_pos: float, tau_neg: float) -> str:
@@ -31,61 +32,62 @@ def label_of(r: float, tau_pos: float, tau_neg: float) -> str:
 class Verifier(PolicyHolder):
     """Entropy reduction of candidate chunks under the currently loaded policy."""
 
-    def __init__(self, cfg: Config, model_dir: str | Path, actor_index: int = 0, version: int = 0):
-        super().__init__(
-            cfg,
-            model_dir,
-            backend=cfg.verify.backend,
-            gpus=cfg.cluster.gpus_per_verifier,
-            # one vLLM core binding per engine on the node: scorers first, then verifiers
-            engine_index=cfg.cluster.num_scorers + actor_index,
-            version=version,
-            max_model_len=cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1,
-        )
+    def __init__(
+        self, spec: PolicySpec, verify: VerifySection, model_dir: str | Path, version: int = 0
+    ):
+        super().__init__(spec, model_dir, version)
+        self.settings = verify
 
-    def verify(self, doc: dict, candidates: list[dict]) -> list[dict]:
-        """doc: {doc_id, input_ids, positions, position_entropies};
-        candidates: [{chunk_id, input_ids, similarity, positions (subset of doc's)}].
-        Returns per candidate {chunk_id, r, similarity, label, positions, entropies_with}."""
+    def verify(self, doc: ScreenedDoc, candidates: list[Candidate]) -> list[Verdict]:
+        """One Verdict per candidate, at the document positions the candidate was retrieved for
+        (a subset of doc.positions, whose screening entropies are the baseline)."""
         return self.timed(self._verify, doc, candidates)
 
-    def verify_many(self, items: list[tuple[dict, list[dict]]]) -> list[list[dict]]:
+    def verify_many(self, items: list[tuple[ScreenedDoc, list[Candidate]]]) -> list[list[Verdict]]:
         """verify() for every (doc, candidates) pair of a batch: one actor call per batch."""
         return [self.verify(doc, cands) if cands else [] for doc, cands in items]
 
-    def _verify(self, doc: dict, candidates: list[dict]) -> list[dict]:
-        base = dict(zip(doc["positions"], doc["position_entropies"], strict=True))
-        ids = list(doc["input_ids"])
-        out = []
-        batch = self.cfg.verify.batch_candidates
-        for start in range(0, len(candidates), batch):
-            group = candidates[start : start + batch]
+    def _verify(self, doc: ScreenedDoc, candidates: list[Candidate]) -> list[Verdict]:
+        base = dict(zip(doc.positions, doc.position_entropies, strict=True))
+        v, out = self.settings, []
+        for start in range(0, len(candidates), v.batch_candidates):
+            group = candidates[start : start + v.batch_candidates]
             # Only the prefix of d up to the last asked position is needed.
-            seqs = [list(c["input_ids"]) + ids[: max(c["positions"]) + 1] for c in group]
-            asked = [[len(c["input_ids"]) + t for t in c["positions"]] for c in group]
+            seqs = [list(c.input_ids) + doc.input_ids[: max(c.positions) + 1] for c in group]
+            asked = [[len(c.input_ids) + t for t in c.positions] for c in group]
             for cand, with_c in zip(group, self.entropies_at(seqs, asked), strict=True):
-                h0 = torch.tensor([base[t] for t in cand["positions"]])
+                h0 = torch.tensor([base[t] for t in cand.positions])
                 r = float(((h0 - with_c) / h0.clamp(min=1e-6)).mean())
+                label = label_of(r, v.tau_pos, v.tau_neg)
                 out.append(
-                    {
-                        "chunk_id": cand["chunk_id"],
-                        "r": r,
-                        "similarity": float(cand["similarity"]),
-                        "label": label_of(r, self.cfg.verify.tau_pos, self.cfg.verify.tau_neg),
-                        "positions": list(cand["positions"]),
-                        "entropies_with": with_c.tolist(),
-                    }
-                )
+                    Verdict(
+                        cand.chunk_id, r, float(cand.similarity), label, list(cand.positions),
+                        with_c.tolist(),
+                    )
+                )  # fmt: skip
         return out
 
 
+def verifier_spec(cfg: Config, actor_index: int) -> PolicySpec:
+    r = cfg.resources
+    return PolicySpec(
+        cfg.verify.backend,
+        cfg.screen,
+        r.torch_threads_per_actor,
+        r.verifier.gpus,
+        # one vLLM core binding per engine on the node: scorers first, then verifiers
+        engine_index=r.scorer.count + actor_index,
+        max_model_len=cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1,
+    )
+
+
 def create_verifiers(cfg: Config, model_dir: str | Path, version: int = 0) -> list:
-    """cluster.num_verifiers Verifier actors with cluster.cpus/gpus_per_verifier each."""
+    """resources.verifier.count Verifier actors, each with resources.verifier's CPUs/GPUs."""
     import ray
 
-    actor_cls = ray.remote(Verifier).options(
-        num_cpus=cfg.cluster.cpus_per_verifier, num_gpus=cfg.cluster.gpus_per_verifier
-    )
+    group = cfg.resources.verifier
+    actor_cls = ray.remote(Verifier).options(num_cpus=group.cpus, num_gpus=group.gpus)
     return [
-        actor_cls.remote(cfg, str(model_dir), i, version) for i in range(cfg.cluster.num_verifiers)
+        actor_cls.remote(verifier_spec(cfg, i), cfg.verify, str(model_dir), version)
+        for i in range(group.count)
     ]

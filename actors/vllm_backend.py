@@ -22,12 +22,13 @@ import gc
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from actors.backends import architecture
+from actors.model_architecture import architecture
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,14 @@ def arch_config(model_dir: str | Path) -> dict:
     return architecture(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
+def _quiet_vllm() -> None:
+    """Before vLLM is imported: its CPU build warns at every engine start about what this host
+    lacks (Triton, tcmalloc, iomp, CUDA graphs), a dozen lines per actor that say nothing about
+    the run. Errors still show; VLLM_LOGGING_LEVEL set by the user wins."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+
+
 class VLLMBackend:
     """PolicyBackend on a vLLM pooling engine (one engine per backend, reused across stages)."""
 
@@ -99,6 +108,7 @@ class VLLMBackend:
         self.version = version
 
     def _start(self, model_dir: str):
+        _quiet_vllm()
         from vllm import LLM
         from vllm.config import PoolerConfig
 

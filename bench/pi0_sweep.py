@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import base_model  # noqa: E402
 from pipelines.config import ModelSection, load_config  # noqa: E402
-from pipelines.probe import long_copy_gain  # noqa: E402
+from pipelines.long_copy import long_copy_gain  # noqa: E402
 
 # name -> phases: (kind, steps, lr). Kinds: induction (short random-token rows, a span recurs
 # at a random distance), distance (the same at seq_len), text (corpus rows, repeated spans in

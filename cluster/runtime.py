@@ -6,8 +6,9 @@ import logging
 import os
 import socket
 
-from pipelines.config import ClusterSection
+from pipelines.config import ClusterSection, Config
 from pipelines.errors import UserError
+from pipelines.methods import MethodSpec
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,9 @@ def quiet_worker_logs() -> None:
         "ray.train.v2._internal.execution.controller.placement_group_cleaner"
     ).setLevel(logging.ERROR)
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # see pipelines/cli.py
+    # Ray Train's controller and workers narrate every start at INFO (group size, ranks, DDP
+    # wrapping, device moves); the stage's own log says what matters.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
 def check_reachable(address: str, timeout_s: float) -> None:
@@ -51,6 +55,11 @@ def init_ray(cfg: ClusterSection) -> None:
     if address:
         check_reachable(address, cfg.connect_timeout_s)
     local = {"runtime_env": {"worker_process_setup_hook": quiet_worker_logs}} if not address else {}
+    if not address:
+        # A new local Ray turns token authentication on when the mode is unset, and says so in
+        # a warning that opens every command. Asking for the same mode explicitly keeps it on
+        # and silent; a user's own RAY_AUTH_MODE wins. (A joined cluster's mode is its own.)
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     ray.init(
         address=address,
         include_dashboard=False,
@@ -67,7 +76,42 @@ def init_ray(cfg: ClusterSection) -> None:
     log.info("ray: %s, resources %s", address or "local", ray.cluster_resources())
 
 
-def check_train_fits(cfg: ClusterSection, wait_s: float = 20.0) -> None:
+def resource_plan(cfg: Config, method: MethodSpec) -> dict[str, dict[str, float]]:
+    """What each role of a run reserves from Ray, in total: {role: {"CPU": .., "GPU": ..}}."""
+    r = cfg.resources
+    groups = {"trainer": r.trainer}
+    if method.screens:
+        groups |= {"scorer": r.scorer, "verifier": r.verifier}
+    plan = {role: {"CPU": g.count * g.cpus, "GPU": g.count * g.gpus} for role, g in groups.items()}
+    if method.retrieves:
+        plan["shard"] = {"CPU": cfg.index.num_shards * r.shard.cpus, "GPU": 0.0}
+        plan["embedder"] = {"CPU": r.embedder.cpus, "GPU": 0.0}
+    return plan
+
+
+def check_plan_fits(cfg: Config, method: MethodSpec) -> None:
+    """Before any actor starts: on a local Ray (nothing can scale up) the roles together must
+    fit the machine, else one line with the sums and the keys to change. A joined cluster's
+    autoscaler may add nodes: there the plan is only logged."""
+    import ray
+
+    plan = resource_plan(cfg, method)
+    need = {k: sum(p[k] for p in plan.values()) for k in ("CPU", "GPU")}
+    if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
+        log.info("the run asks the cluster for %s", need)
+        return
+    total = ray.cluster_resources()
+    short = [k for k, v in need.items() if v > total.get(k, 0.0) + 1e-6]
+    if short:
+        k = short[0]
+        parts = ", ".join(f"{role} {p[k]:g}" for role, p in plan.items() if p[k])
+        raise UserError(
+            f"the run's actors need {need[k]:g} {k} ({parts}) but this local Ray has "
+            f"{total.get(k, 0.0):g}: lower resources.<role>.count or .{k.lower()}s"
+        )
+
+
+def check_train_fits(cfg: Config, wait_s: float = 20.0) -> None:
     """Ray Train waits, silently and forever, for resources a fixed-size cluster never frees.
     On a local Ray (nothing can scale up) refuse up front with the keys to change; on a joined
     cluster only log the ask (its autoscaler may add nodes)."""
@@ -77,10 +121,11 @@ def check_train_fits(cfg: ClusterSection, wait_s: float = 20.0) -> None:
 
     from pipelines.errors import UserError
 
-    need = {"CPU": cfg.num_train_workers * cfg.cpus_per_train_worker}
-    if cfg.gpus_per_train_worker:
-        need["GPU"] = cfg.num_train_workers * cfg.gpus_per_train_worker
-    if cfg.address or os.environ.get("RAY_ADDRESS"):
+    workers = cfg.resources.trainer
+    need = {"CPU": workers.count * workers.cpus}
+    if workers.gpus:
+        need["GPU"] = workers.count * workers.gpus
+    if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
         log.info("Ray Train asks the cluster for %s", need)
         return
     deadline = time.monotonic() + wait_s  # the previous stage's workers may still be leaving
@@ -98,6 +143,5 @@ def check_train_fits(cfg: ClusterSection, wait_s: float = 20.0) -> None:
             + " but this local Ray has only "
             + ", ".join(f"{free.get(k, 0.0):g} of {total.get(k, 0.0):g} {k}" for k in short)
             + " free (scorers, verifiers and retrieval actors hold the rest): lower "
-            "cluster.cpus_per_scorer/cpus_per_verifier/cpus_per_shard, index.cpus_per_embedder, "
-            "cluster.num_train_workers or cluster.cpus_per_train_worker"
+            "resources.trainer.count or .cpus, or another role's resources.<role>.cpus"
         )

@@ -71,15 +71,15 @@ def make_transport(
 def transport_groups(cfg, scorers: list, verifiers: list) -> list[tuple[WeightTransport, list]]:
     """(transport, actors) pairs: scorers and verifiers share one transport when theirs agree
     (one sender, one collective group per sync)."""
-    stages, cluster = cfg.stages, cfg.cluster
+    stages, r = cfg.stages, cfg.resources
 
     def make(backend: str, gpus: float) -> WeightTransport:
         device = "cuda" if gpus > 0 else "cpu"
         return make_transport(stages.weight_transport, backend, stages.weight_bucket_mb, device)
 
-    scorer_t = make(cfg.screen.backend, cluster.gpus_per_scorer)
-    verifier_t = make(cfg.verify.backend, cluster.gpus_per_verifier)
-    if scorer_t.name == verifier_t.name and cluster.gpus_per_scorer == cluster.gpus_per_verifier:
+    scorer_t = make(cfg.screen.backend, r.scorer.gpus)
+    verifier_t = make(cfg.verify.backend, r.verifier.gpus)
+    if scorer_t.name == verifier_t.name and r.scorer.gpus == r.verifier.gpus:
         return [(scorer_t, scorers + verifiers)]
     return [(scorer_t, scorers), (verifier_t, verifiers)]
 

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
+from pipelines.chunking import read_chunk_table
 from pipelines.config import AssembleSection
 
 
@@ -40,6 +42,26 @@ class Sample:
 
 
 FillerSource = Callable[[np.random.Generator, int], Piece]  # (rng, tokens wanted) -> a chunk
+
+
+class FillerPool:
+    """Random retrieval chunks used as filler (never from the seed document)."""
+
+    def __init__(self, index_dir, chunk_tables: list[str]):
+        cols = ["chunk_id", "doc_id", "input_ids"]
+        table = pa.concat_tables(read_chunk_table(index_dir / t, cols) for t in chunk_tables)
+        self.ids = table["chunk_id"].to_pylist()
+        self.docs = table["doc_id"].to_pylist()
+        self.tokens = table["input_ids"].to_pylist()
+
+    def sampler(self, seed_doc_id: str):
+        def draw(rng: np.random.Generator, want: int) -> Piece:
+            while True:
+                i = int(rng.integers(len(self.ids)))
+                if self.docs[i] != seed_doc_id:
+                    return Piece(self.ids[i], self.tokens[i], "filler")
+
+        return draw
 
 
 def _targets(count: int, lo: int, hi: int) -> list[int]:

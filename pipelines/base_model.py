@@ -268,7 +268,7 @@ def pretrain(
 
 def _metrics(model, train_blocks, heldout_blocks, cfg: PretrainSection, times, taken) -> dict:
     """Held-out perplexity vs the unigram's, and the long-copy gain at half the context."""
-    from pipelines.probe import long_copy_gain
+    from pipelines.long_copy import long_copy_gain
 
     model_nll = mean_nll(model, heldout_blocks, cfg.batch_size)
     uni_nll = unigram_nll(train_blocks, heldout_blocks, model.config.vocab_size)

@@ -30,14 +30,21 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from actors.embedder import embedder_threads
 from pipelines.chunking import chunk_corpus, shard_of, write_chunk_table
 from pipelines.config import Config, IndexSection
 from pipelines.errors import UserError
+from pipelines.index_format import (
+    FORMAT_VERSION,
+    MANIFEST,
+    read_manifest,
+    sha256_file,
+    shard_files,
+    verify_index,
+)
 from pipelines.ingest import read_docs
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
 # Keys that change what is built; query-time keys (nprobe, top_k, margins) do not force a rebuild.
 BUILD_KEYS = (
     "chunk_tokens",
@@ -66,27 +73,6 @@ class IndexBuild:
     reused: bool
 
 
-def rebuild_hint(index_dir: Path) -> str:
-    return f"delete '{index_dir}' and run `policylong build-index` to rebuild it"
-
-
-def shard_files(shard: int) -> tuple[str, str]:
-    return f"shard-{shard:05d}.faiss", f"shard-{shard:05d}.chunks.parquet"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def embedder_threads(cfg: IndexSection) -> int:
-    """Torch threads of an embedder actor: its CPU share, at least one."""
-    return max(1, int(round(cfg.cpus_per_embedder)))
-
-
 def build_config(cfg: IndexSection) -> dict:
     return {k: getattr(cfg, k) for k in BUILD_KEYS}
 
@@ -99,47 +85,6 @@ def build_key(doc_ids: list[str], tokenizer_dir: Path, cfg: IndexSection) -> str
         if (Path(tokenizer_dir) / name).is_file():
             h.update(name.encode() + sha256_file(Path(tokenizer_dir) / name).encode())
     return h.hexdigest()[:16]
-
-
-def read_manifest(index_dir: Path) -> dict:
-    path = Path(index_dir) / MANIFEST
-    if not path.is_file():
-        raise UserError(f"no index manifest at '{path}': {rebuild_hint(index_dir)}")
-    try:
-        manifest = json.loads(path.read_text())
-        manifest["shards"], manifest["files"]  # noqa: B018 - the keys every reader needs
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(
-            f"index manifest '{path}' is unreadable: {rebuild_hint(index_dir)}"
-        ) from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"index '{index_dir}' has format {manifest.get('format_version')}, this code reads "
-            f"{FORMAT_VERSION}: {rebuild_hint(index_dir)}"
-        )
-    return manifest
-
-
-def verify_index(index_dir: Path) -> dict:
-    """The manifest, after checking every listed file's size and sha256; UserError if not."""
-    index_dir = Path(index_dir)
-    manifest = read_manifest(index_dir)
-    for name, meta in manifest["files"].items():
-        path = index_dir / name
-        if not path.is_file():
-            raise UserError(f"index file '{path}' is missing: {rebuild_hint(index_dir)}")
-        size = path.stat().st_size
-        if size != meta["bytes"]:
-            raise UserError(
-                f"index file '{path}' is corrupt ({size} bytes, manifest says {meta['bytes']}; "
-                f"truncated or overwritten): {rebuild_hint(index_dir)}"
-            )
-        if sha256_file(path) != meta["sha256"]:
-            raise UserError(
-                f"index file '{path}' is corrupt (sha256 differs from the manifest): "
-                f"{rebuild_hint(index_dir)}"
-            )
-    return manifest
 
 
 def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
@@ -164,7 +109,7 @@ def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
     return index, {"index_type": "ivf", "nlist": nlist}
 
 
-def embed_chunks(chunks: pa.Table, cfg: IndexSection) -> np.ndarray:
+def embed_chunks(chunks: pa.Table, cfg: IndexSection, cpus: float = 1.0) -> np.ndarray:
     """(n_chunks, dim) float32 unit vectors in chunk-table row order, via a Ray Data actor pool."""
     import ray
 
@@ -172,11 +117,11 @@ def embed_chunks(chunks: pa.Table, cfg: IndexSection) -> np.ndarray:
 
     ds = ray.data.from_arrow(chunks.select(["chunk_id", "text"])).map_batches(
         EmbedBatch,
-        fn_constructor_args=(cfg.embedder, cfg.embed_batch_size, embedder_threads(cfg)),
+        fn_constructor_args=(cfg.embedder, cfg.embed_batch_size, embedder_threads(cpus)),
         batch_format="pyarrow",
         batch_size=cfg.embed_batch_size,
         compute=ray.data.ActorPoolStrategy(size=cfg.embed_actors),
-        num_cpus=cfg.cpus_per_embedder,
+        num_cpus=cpus,
     )
     row_of = {cid: i for i, cid in enumerate(chunks["chunk_id"].to_pylist())}
     vectors: np.ndarray | None = None
@@ -240,8 +185,10 @@ def build_index(
     tokenizer_dir: Path,
     cfg: IndexSection,
     seed: int = 0,
+    embedder_cpus: float = 1.0,
 ) -> IndexBuild:
-    """Build (or reuse) the index of `corpus_dir` chunked with the tokenizer in `tokenizer_dir`."""
+    """Build (or reuse) the index of `corpus_dir` chunked with the tokenizer in `tokenizer_dir`.
+    Each of the index.embed_actors embedding actors reserves `embedder_cpus`."""
     index_dir, tokenizer_dir = Path(index_dir), Path(tokenizer_dir)
     docs = index_docs(corpus_dir, cfg)
     key = build_key(docs["doc_id"].to_pylist(), tokenizer_dir, cfg)
@@ -265,7 +212,7 @@ def build_index(
             f"(now {cfg.min_chunk_tokens})"
         )
     log.info("index: %d chunks from %d documents", chunks.num_rows, docs.num_rows)
-    vectors = embed_chunks(chunks, cfg)
+    vectors = embed_chunks(chunks, cfg, embedder_cpus)
 
     tmp = index_dir.with_name(f"{index_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -324,6 +271,7 @@ def cmd_build_index(cfg: Config, args: argparse.Namespace) -> None:
         tokenizer_dir,
         cfg.index,
         seed=cfg.run.seed,
+        embedder_cpus=cfg.resources.embedder.cpus,
     )
     m = result.manifest
     summary = {

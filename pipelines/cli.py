@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     # at run time; nothing is wrong): six lines of "Could not load library" in every run.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub
+    # transformers draws a "Loading weights" bar for every checkpoint it opens (dozens per
+    # run: probes, evals, actors); our own bars show the run's progress.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     start = time.perf_counter()
     try:

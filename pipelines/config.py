@@ -18,8 +18,7 @@ import yaml
 
 from pipelines.errors import UserError
 from pipelines.eval_tasks import TASKS as EVAL_TASKS
-
-METHODS = ("policylong", "entropylong", "nextlong", "concat")
+from pipelines.methods import METHODS
 
 
 class ConfigError(UserError):
@@ -117,7 +116,6 @@ class IndexSection:
     embedder: str = "all-MiniLM-L6-v2"  # a sentence-transformers model name or directory
     embed_batch_size: int = field(default=64, metadata=_r(1))
     embed_actors: int = field(default=1, metadata=_r(1))  # Ray Data actor pool for the build
-    cpus_per_embedder: float = field(default=1.0, metadata=_r(0.0))
     num_shards: int = field(default=2, metadata=_r(1))
     flat_max_vectors: int = field(default=50_000, metadata=_r(1))  # above: IVF
     ivf_nlist: int = field(default=1024, metadata=_r(1))
@@ -186,7 +184,7 @@ class TrainSection:
 
 @dataclass
 class StagesSection:
-    method: Literal["policylong", "entropylong", "nextlong", "concat"] = "policylong"
+    method: Literal[METHODS] = "policylong"  # pipelines/methods.py
     seq_lens: list[int] = field(default_factory=lambda: [1024, 2048])  # one entry per stage
     rope_thetas: list[float] = field(default_factory=lambda: [40_000.0, 160_000.0])
     tokens_per_stage: int = field(default=120_000, metadata=_r(1))
@@ -207,17 +205,53 @@ class ClusterSection:
     # host:port (or ray://host:port) must accept a connection within this many seconds, else
     # one error line instead of Ray's own retries (minutes of warnings)
     connect_timeout_s: float = field(default=15.0, metadata=_r(0.1))
-    num_scorers: int = field(default=1, metadata=_r(1))
-    num_verifiers: int = field(default=1, metadata=_r(1))
-    num_train_workers: int = field(default=2, metadata=_r(1))
-    cpus_per_scorer: float = field(default=0.5, metadata=_r(0.0))
-    cpus_per_verifier: float = field(default=0.5, metadata=_r(0.0))
-    cpus_per_shard: float = field(default=0.25, metadata=_r(0.0))
-    cpus_per_train_worker: float = field(default=0.5, metadata=_r(0.0))
-    gpus_per_scorer: float = field(default=0.0, metadata=_r(0.0))
-    gpus_per_verifier: float = field(default=0.0, metadata=_r(0.0))
-    gpus_per_train_worker: float = field(default=0.0, metadata=_r(0.0))
+
+
+@dataclass
+class ActorGroup:
+    """A role's actors: how many, and what each one reserves from Ray."""
+
+    count: int = field(default=1, metadata=_r(1))
+    cpus: float = field(default=0.5, metadata=_r(0.0))
+    gpus: float = field(default=0.0, metadata=_r(0.0))
+
+
+@dataclass
+class ActorShare:
+    """What each actor of a role whose count is fixed elsewhere reserves from Ray."""
+
+    cpus: float = field(default=0.25, metadata=_r(0.0))
+
+
+@dataclass
+class ResourcesSection:
+    """One block per role; the pre-flight check (cluster/runtime.py) sums them."""
+
+    scorer: ActorGroup = field(default_factory=ActorGroup)  # step 1: policy entropies
+    verifier: ActorGroup = field(default_factory=ActorGroup)  # step 3: policy entropies
+    trainer: ActorGroup = field(default_factory=lambda: ActorGroup(count=2))  # Ray Train workers
+    shard: ActorShare = field(default_factory=ActorShare)  # one per index.num_shards
+    # the query embedder while constructing (one), and each of the index build's
+    # index.embed_actors Ray Data actors
+    embedder: ActorShare = field(default_factory=lambda: ActorShare(cpus=1.0))
     torch_threads_per_actor: int = field(default=1, metadata=_r(1))
+
+
+# Keys of earlier versions: a profile that still uses one gets told where it went.
+MOVED_KEYS = {
+    "cluster.num_scorers": "resources.scorer.count",
+    "cluster.num_verifiers": "resources.verifier.count",
+    "cluster.num_train_workers": "resources.trainer.count",
+    "cluster.cpus_per_scorer": "resources.scorer.cpus",
+    "cluster.cpus_per_verifier": "resources.verifier.cpus",
+    "cluster.cpus_per_train_worker": "resources.trainer.cpus",
+    "cluster.gpus_per_scorer": "resources.scorer.gpus",
+    "cluster.gpus_per_verifier": "resources.verifier.gpus",
+    "cluster.gpus_per_train_worker": "resources.trainer.gpus",
+    "cluster.cpus_per_shard": "resources.shard.cpus",
+    "cluster.torch_threads_per_actor": "resources.torch_threads_per_actor",
+    "index.cpus_per_embedder": "resources.embedder.cpus",
+}
 
 
 @dataclass
@@ -231,9 +265,7 @@ class EvalSection:
     copy_samples: int = field(default=12, metadata=_r(2))  # long-copy probe, per length
     loss_gap_samples: int = field(default=16, metadata=_r(1))  # per stage
     seed: int = field(default=0, metadata=_r(0))
-    methods: list[str] = field(
-        default_factory=lambda: ["policylong", "entropylong", "nextlong", "concat"]
-    )
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
 
 
 @dataclass
@@ -250,6 +282,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     stages: StagesSection = field(default_factory=StagesSection)
     cluster: ClusterSection = field(default_factory=ClusterSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
     @property
@@ -317,6 +350,11 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    moved = [prefix + k for k in unknown if prefix + k in MOVED_KEYS]
+    if moved:
+        raise ConfigError(
+            f"config key '{moved[0]}' has moved to '{MOVED_KEYS[moved[0]]}': rename it"
+        )
     if unknown:
         raise ConfigError(
             f"unknown config key '{prefix}{unknown[0]}': allowed keys are {', '.join(fields)}"

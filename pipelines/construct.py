@@ -2,15 +2,15 @@
 
 Seed documents flow through in small batches, several batches in flight at once (one driver
 thread each), so screening of one batch overlaps retrieval and verification of the others and
-committed samples reach the trainer while later batches are still being built. The method
-decides which steps run:
+committed samples reach the trainer while later batches are still being built. The method's spec
+(pipelines/methods.py) decides how the chunks before a document are found:
 
-    policylong / entropylong   screen, retrieve, verify; positives + on-policy hard negatives
-    nextlong                   retrieve by the document's own chunks, no verification: negatives
-    concat                     random filler only (plain concatenation)
+    verified    screen, retrieve, verify: positives + on-policy hard negatives (PolicyLong and
+                EntropyLong; they differ only in the policy the fleet's actors hold)
+    own_chunks  retrieve by the document's own chunks, unverified: negatives (NExtLong)
+    none        random filler only (plain concatenation)
 
-(PolicyLong and EntropyLong differ only in which policy the actors hold: the driver broadcasts
-pi_{k+1} for PolicyLong and keeps pi_0 for EntropyLong.)
+The steps themselves live in pipelines/screen.py, retrieve.py, actors/verifier.py, assemble.py.
 """
 
 from __future__ import annotations
@@ -30,11 +30,13 @@ import ray
 from tqdm import tqdm
 
 from pipelines.assemble import Piece, assemble_sample
-from pipelines.chunking import read_chunk_table
 from pipelines.config import Config
 from pipelines.errors import StepFailed, describe, in_step
+from pipelines.fleet import Fleet
+from pipelines.records import ScreenedDoc, Verdict
+from pipelines.retrieve import candidates_for, own_chunk_candidates
 from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
-from pipelines.screen import screen_row
+from pipelines.screen import screen_batch
 
 log = logging.getLogger(__name__)
 CANDIDATE_SCHEMA = pa.schema(
@@ -74,101 +76,32 @@ class StageCounts:
         return {k: v for k, v in self.__dict__.items() if k != "lock"}
 
 
-class FillerPool:
-    """Random retrieval chunks used as filler (never from the seed document)."""
-
-    def __init__(self, index_dir: Path, chunk_tables: list[str]):
-        cols = ["chunk_id", "doc_id", "input_ids"]
-        table = pa.concat_tables(read_chunk_table(index_dir / t, cols) for t in chunk_tables)
-        self.ids = table["chunk_id"].to_pylist()
-        self.docs = table["doc_id"].to_pylist()
-        self.tokens = table["input_ids"].to_pylist()
-
-    def sampler(self, seed_doc_id: str):
-        def draw(rng: np.random.Generator, want: int) -> Piece:
-            while True:
-                i = int(rng.integers(len(self.ids)))
-                if self.docs[i] != seed_doc_id:
-                    return Piece(self.ids[i], self.tokens[i], "filler")
-
-        return draw
-
-
 @dataclass
 class StageContext:
-    """What one stage's construction works with (actors are shared across stages)."""
+    """What one stage's construction works with (the fleet is shared across stages)."""
 
     cfg: Config
     stage: int
     seq_len: int
-    policy_version: int
+    policy_version: int  # the version the fleet's policy actors hold
     stage_dir: Path
-    scorers: list
-    verifiers: list
-    retriever: object  # pipelines.retrieve.Retriever
-    tokenizer: object
-    fillers: FillerPool
+    fleet: Fleet
+    tokenizer: object  # a transformers tokenizer
     stop: threading.Event = field(default_factory=threading.Event)  # set: abandon the stage
 
 
-def _candidates(ctx: StageContext, rows: list[dict]) -> list[list[dict]]:
-    """Top-k chunks for every selected position of every row (one search and one chunk fetch
-    for the whole batch); per row one candidate per distinct chunk, with the positions it was
-    retrieved for and its best similarity."""
-    queries = [q for row in rows for q in row["queries"]]
-    owners = [row["doc_id"] for row in rows for _ in row["queries"]]
-    hits = iter(ctx.retriever.search(queries, owners) if queries else [])
-    per_row: list[dict[str, dict]] = []
-    for row in rows:
-        merged: dict[str, dict] = {}
-        for pos in row["positions"]:
-            for h in next(hits):
-                c = merged.setdefault(h.chunk_id, {"chunk_id": h.chunk_id, "positions": []})
-                c["similarity"] = max(c.get("similarity", -1.0), h.score)
-                c["positions"].append(pos)
-        per_row.append(merged)
-    wanted = sorted({cid for merged in per_row for cid in merged})
-    tokens = {c["chunk_id"]: c["input_ids"] for c in ctx.retriever.get_chunks(wanted)}
-    for merged in per_row:
-        for cid, c in merged.items():
-            c["input_ids"] = tokens[cid]
-    return [list(merged.values()) for merged in per_row]
+@dataclass
+class DocWork:
+    """One seed document on its way to a sample: what steps 1-3 found for it."""
 
+    doc: dict  # {doc_id, input_ids}
+    screened: ScreenedDoc | None = None  # None: the method does not screen
+    verdicts: list[Verdict] = field(default_factory=list)
+    chunk_tokens: dict[str, list[int]] = field(default_factory=dict)  # chunk_id -> input_ids
 
-def _example_texts(tokenizer, doc: dict, res: dict, chunk_ids) -> dict:
-    """For a positive: the document just before its first verified position, the anchor token
-    in [[ ]], and the chunk that lowered the entropy there."""
-    if res["label"] != "positive" or not res["positions"]:
-        return {"anchor_text": "", "chunk_text": ""}
-    ids, t = doc["input_ids"], min(res["positions"])
-    before = tokenizer.decode(ids[max(0, t - EXAMPLE_CONTEXT_TOKENS) : t])
-    anchor = f"{before}[[{tokenizer.decode(ids[t : t + 1])}]]"
-    return {"anchor_text": anchor, "chunk_text": tokenizer.decode(list(chunk_ids))}
-
-
-def _nextlong_candidates(ctx: StageContext, doc: dict) -> list[dict]:
-    """NExtLong: the document's own chunks as queries; top-k similar chunks, unverified."""
-    step = ctx.cfg.index.chunk_tokens
-    queries = [
-        ctx.tokenizer.decode(doc["input_ids"][i : i + step])
-        for i in range(0, len(doc["input_ids"]), step)
-    ]
-    hits = ctx.retriever.search(queries, [doc["doc_id"]] * len(queries))
-    seen: dict[str, float] = {}
-    for h in (h for q in hits for h in q):
-        seen[h.chunk_id] = max(seen.get(h.chunk_id, -1.0), h.score)
-    chunks = ctx.retriever.get_chunks(list(seen))
-    return [
-        {
-            "chunk_id": c,
-            "similarity": s,
-            "input_ids": ch["input_ids"],
-            "positions": [],
-            "r": np.nan,
-            "label": "negative",
-        }
-        for (c, s), ch in zip(seen.items(), chunks, strict=True)
-    ]
+    @property
+    def positions(self) -> list[int]:
+        return self.screened.positions if self.screened else []
 
 
 @dataclass
@@ -180,103 +113,120 @@ class BatchResult:
     counts: StageCounts
 
 
-def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> BatchResult:
-    """Run one batch of seed documents through screen, retrieve, verify and assemble."""
-    cfg, method = ctx.cfg, ctx.cfg.stages.method
-    name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
-    samples, cand_rows, screen_rows = [], [], []
-    counts = StageCounts()  # added to the stage's counts only if this batch is committed
-    # Baselines without screening (nextlong, concat) run no scorer or verifier at all.
-    scorer = ctx.scorers[batch_index % len(ctx.scorers)] if ctx.scorers else None
-    verifier = ctx.verifiers[batch_index % len(ctx.verifiers)] if ctx.verifiers else None
-    verified: list[list[dict]] = [[] for _ in docs]
-    positions_of: list[list[int]] = [[] for _ in docs]
-    if method in ("policylong", "entropylong"):
-        with in_step("screen"):
-            scored = ray.get(scorer.score.remote(docs))
-            rows = [
-                screen_row(d["doc_id"], d["input_ids"], s["entropy"], ctx.tokenizer, cfg)
-                for d, s in zip(docs, scored, strict=True)
-            ]
-        screen_rows = [
-            row | {"entropy": s["entropy"].tolist(), "policy_version": ctx.policy_version}
-            for row, s in zip(rows, scored, strict=True)
+def _screen_retrieve_verify(ctx: StageContext, batch_index: int, docs: list[dict]) -> list:
+    """Steps 1-3 for a batch: one scorer call, one search, one verifier call."""
+    fleet = ctx.fleet
+    scorer = fleet.scorers[batch_index % len(fleet.scorers)]
+    verifier = fleet.verifiers[batch_index % len(fleet.verifiers)]
+    with in_step("screen"):
+        screened = screen_batch(scorer, docs, ctx.tokenizer, ctx.cfg, ctx.policy_version)
+    with in_step("retrieve"):
+        cands = candidates_for(fleet.retriever, screened)
+    with in_step("verify"):
+        verdicts = ray.get(verifier.verify_many.remote(list(zip(screened, cands, strict=True))))
+    return [
+        DocWork(d, s, v, {c.chunk_id: c.input_ids for c in cs})
+        for d, s, v, cs in zip(docs, screened, verdicts, cands, strict=True)
+    ]
+
+
+def _own_chunk_neighbours(ctx: StageContext, docs: list[dict]) -> list[DocWork]:
+    """NExtLong: the chunks most similar to the document's own chunks, unverified negatives."""
+    work = []
+    with in_step("retrieve"):
+        for d in docs:
+            cands = own_chunk_candidates(ctx.fleet.retriever, d, ctx.tokenizer, ctx.cfg.index)
+            verdicts = [Verdict(c.chunk_id, np.nan, c.similarity, "negative", []) for c in cands]
+            work.append(DocWork(d, None, verdicts, {c.chunk_id: c.input_ids for c in cands}))
+    return work
+
+
+def _example_texts(tokenizer, work: DocWork, v: Verdict) -> dict:
+    """For a positive: the document just before its first verified position, the anchor token
+    in [[ ]], and the chunk that lowered the entropy there."""
+    if v.label != "positive" or not v.positions:
+        return {"anchor_text": "", "chunk_text": ""}
+    ids, t = work.doc["input_ids"], min(v.positions)
+    before = tokenizer.decode(ids[max(0, t - EXAMPLE_CONTEXT_TOKENS) : t])
+    anchor = f"{before}[[{tokenizer.decode(ids[t : t + 1])}]]"
+    return {"anchor_text": anchor, "chunk_text": tokenizer.decode(work.chunk_tokens[v.chunk_id])}
+
+
+def _candidate_rows(ctx: StageContext, work: DocWork) -> list[dict]:
+    return [
+        {
+            "doc_id": work.doc["doc_id"],
+            "chunk_id": v.chunk_id,
+            "r": v.r,
+            "similarity": v.similarity,
+            "label": v.label,
+            "positions": v.positions,
+            **_example_texts(ctx.tokenizer, work, v),
+        }
+        for v in work.verdicts
+    ]
+
+
+def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | None:
+    """Step 4 for one document: its sample row, or None when it has no verified dependency."""
+    pieces = {
+        label: [
+            Piece(v.chunk_id, work.chunk_tokens[v.chunk_id], v.label, v.r, v.similarity)
+            for v in work.verdicts
+            if v.label == label
         ]
-        with in_step("retrieve"):
-            cands = _candidates(ctx, rows)
-        items = [(d | row, c) for d, row, c in zip(docs, rows, cands, strict=True)]
-        with in_step("verify"):
-            verified = ray.get(verifier.verify_many.remote(items))
-        positions_of = [row["positions"] for row in rows]
-        tokens_of = [{c["chunk_id"]: c["input_ids"] for c in cs} for cs in cands]
-    elif method == "nextlong":
-        with in_step("retrieve"):
-            verified = [_nextlong_candidates(ctx, doc) for doc in docs]
-        tokens_of = [{c["chunk_id"]: c["input_ids"] for c in cs} for cs in verified]
+        for label in ("positive", "negative")
+    }
+    positives, negatives = pieces["positive"], pieces["negative"]
+    negatives.sort(key=lambda p: -p.similarity)  # the most similar are the hardest
+    counts.add(
+        documents=1,
+        positions=len(work.positions),
+        candidates=len(work.verdicts),
+        positives=len(positives),
+        negatives=len(negatives),
+    )
+    if ctx.fleet.method.screens and not positives:
+        counts.add(skipped_no_dependency=1)
+        return None
+    doc_id = work.doc["doc_id"]
+    key = f"{ctx.cfg.run.seed}:{ctx.stage}:{doc_id}"
+    seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    filler = ctx.fleet.fillers.sampler(doc_id)
+    with in_step("assemble"):
+        s = assemble_sample(
+            ctx.stage, doc_id, work.doc["input_ids"], positives, negatives, filler,
+            ctx.seq_len, ctx.tokenizer.eos_token_id, ctx.cfg.assemble, seed,
+        )  # fmt: skip
+    return {
+        "sample_id": s.sample_id,
+        "stage": ctx.stage,
+        "policy_version": ctx.policy_version,
+        "seed_doc_id": s.seed_doc_id,
+        "positions": work.positions,
+        "input_ids": s.input_ids,
+        "segments": s.segments,
+    }
+
+
+def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> BatchResult:
+    """One batch of seed documents through the method's steps, up to (not including) commit."""
+    found = ctx.fleet.method.candidates
+    if found == "verified":
+        work = _screen_retrieve_verify(ctx, batch_index, docs)
+    elif found == "own_chunks":
+        work = _own_chunk_neighbours(ctx, docs)
     else:
-        tokens_of = [{} for _ in docs]
-    for i, doc in enumerate(docs):
-        positives: list[Piece] = []
-        negatives: list[Piece] = []
-        positions, results, by_id = positions_of[i], verified[i], tokens_of[i]
-        for res in results:
-            piece = Piece(
-                res["chunk_id"],
-                by_id[res["chunk_id"]],
-                res["label"],
-                res["r"],
-                res["similarity"],
-            )
-            if res["label"] == "positive":
-                positives.append(piece)
-            elif res["label"] == "negative":
-                negatives.append(piece)
-            cand_rows.append(
-                {
-                    "doc_id": doc["doc_id"],
-                    **{k: res[k] for k in ("chunk_id", "r", "similarity", "label", "positions")},
-                    **_example_texts(ctx.tokenizer, doc, res, piece.input_ids),
-                }
-            )
-        negatives.sort(key=lambda p: -p.similarity)  # the most similar are the hardest
-        counts.add(
-            documents=1,
-            positions=len(positions),
-            candidates=len(results),
-            positives=len(positives),
-            negatives=len(negatives),
-        )
-        if method in ("policylong", "entropylong") and not positives:
-            counts.add(skipped_no_dependency=1)
-            continue
-        seed = int(
-            hashlib.sha256(f"{cfg.run.seed}:{ctx.stage}:{doc['doc_id']}".encode()).hexdigest()[:8],
-            16,
-        )
-        with in_step("assemble"):
-            s = assemble_sample(
-                ctx.stage,
-                doc["doc_id"],
-                doc["input_ids"],
-                positives,
-                negatives,
-                ctx.fillers.sampler(doc["doc_id"]),
-                ctx.seq_len,
-                ctx.tokenizer.eos_token_id,
-                cfg.assemble,
-                seed,
-            )
-        samples.append(
-            {
-                "sample_id": s.sample_id,
-                "stage": ctx.stage,
-                "policy_version": ctx.policy_version,
-                "seed_doc_id": s.seed_doc_id,
-                "positions": positions,
-                "input_ids": s.input_ids,
-                "segments": s.segments,
-            }
-        )
+        work = [DocWork(d) for d in docs]
+    counts = StageCounts()  # added to the stage's counts only if this batch is committed
+    samples = [s for w in work if (s := _assemble(ctx, w, counts)) is not None]
+    screen_rows = [
+        w.screened.table_row() | {"entropy": w.screened.entropy.tolist()}
+        for w in work
+        if w.screened is not None
+    ]
+    cand_rows = [row for w in work for row in _candidate_rows(ctx, w)]
+    name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
     return BatchResult(name, samples, screen_rows, cand_rows, counts)
 
 

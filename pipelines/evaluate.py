@@ -34,7 +34,8 @@ from tqdm import tqdm
 from pipelines.base_model import join_documents
 from pipelines.config import EvalSection
 from pipelines.eval_tasks import EvalSample, TaskBuilder
-from pipelines.probe import SPAN, heldout_token_lists, max_positions, probe_model
+from pipelines.long_copy import SPAN
+from pipelines.probe import heldout_token_lists, max_positions, probe_model
 
 log = logging.getLogger(__name__)
 DECODE_ROOM = 64  # positions kept free after a prompt for the longest lead and answer

@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,56 @@ def stage_timeline(sdir: Path, started: float) -> dict:
     }
 
 
+@dataclass
+class Policy:
+    """pi_version: the checkpoint the trainer starts stage `version` from."""
+
+    model_dir: Path
+    version: int
+
+
+@dataclass
+class RunInputs:
+    """What every stage of a run reads: the corpus as tokens, the index, the probe."""
+
+    world: object  # pipelines.world.World
+    tokenizer: object
+    index: object  # pipelines.build_index.IndexBuild
+    docs: list[dict]  # {doc_id, input_ids}
+    probe_ids: list[int]  # the weight-sync probe: the trainer's and every actor's must agree
+
+
+def prepare_inputs(cfg: Config) -> RunInputs:
+    """The corpus and pi_0 (made or reused), the tokenized training documents and the index."""
+    from pipelines.build_index import build_index, cached_index_dir
+    from pipelines.ingest import read_docs
+    from pipelines.screen import tokenize_docs
+    from pipelines.tokenizer import load_tokenizer
+    from pipelines.world import ensure_world
+
+    world = ensure_world(cfg)
+    tokenizer_dir = Path(cfg.tokenizer.path or world.model_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    index_dir = cached_index_dir(cfg, world.corpus_dir, tokenizer_dir)
+    embedder_cpus = cfg.resources.embedder.cpus
+    index = build_index(
+        index_dir, world.corpus_dir, tokenizer_dir, cfg.index, cfg.run.seed, embedder_cpus
+    )
+    docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
+    probe_ids = docs[0]["input_ids"][: cfg.stages.probe_tokens]
+    return RunInputs(world, tokenizer, index, docs, probe_ids)
+
+
+def resume_point(cfg: Config, base_dir: Path) -> tuple[int | None, Policy]:
+    """The first stage without a manifest (None: all done) and the policy it starts from:
+    the newest finished stage's checkpoint, else the base."""
+    stages = range(len(cfg.stages.seq_lens))
+    first = next((k for k in stages if not stage_complete(cfg, k)), None)
+    if not first:
+        return first, Policy(base_dir.resolve(), 0)
+    return first, Policy((stage_dir(cfg, first - 1) / "model").resolve(), first)
+
+
 def _construct(out: dict, ctx, seed_docs: list[dict], budget: int) -> None:
     """The construction thread: its counts, or the error that ended it, land in `out`."""
     from pipelines.construct import construct_stage
@@ -71,198 +121,153 @@ def _construct(out: dict, ctx, seed_docs: list[dict], budget: int) -> None:
         out["error"] = e
 
 
-def _release(groups, actors, retriever) -> None:
-    import ray
-
-    for transport, _ in groups:
-        transport.close()
-    for actor in actors:
-        ray.kill(actor)
-    if retriever is not None:
-        retriever.close()
-
-
 def _rerun_hint(sdir: Path) -> str:
     return f"committed samples are kept ({sdir / 'samples'}): fix the cause and rerun to resume"
 
 
-def run_policylong(cfg: Config) -> dict:
-    import ray
+def _train_spec(cfg: Config, k: int, policy: Policy, inputs: RunInputs, budget: int):
+    from pipelines.train import StageTrainSpec
 
-    from actors.scorer import create_scorers
-    from actors.verifier import create_verifiers
-    from cluster.runtime import check_train_fits
-    from cluster.weight_sync import broadcast, transport_groups
-    from pipelines.build_index import build_index, cached_index_dir
-    from pipelines.construct import FillerPool, StageContext
-    from pipelines.ingest import read_docs
-    from pipelines.report import write_report
-    from pipelines.retrieve import Retriever
-    from pipelines.screen import tokenize_docs
-    from pipelines.tokenizer import load_tokenizer
-    from pipelines.train import StageTrainSpec, train_stage
-    from pipelines.world import ensure_world
+    sdir = stage_dir(cfg, k)
+    return StageTrainSpec(
+        stage=k,
+        init_model_dir=str(policy.model_dir),
+        out_model_dir=str((sdir / "model").resolve()),
+        sample_log_dir=str((sdir / "samples").resolve()),
+        ledger_dir=str((sdir / "train").resolve()),
+        seq_len=cfg.stages.seq_lens[k],
+        rope_theta=cfg.stages.rope_thetas[k],
+        budget_samples=budget,
+        train=asdict(cfg.train),
+        threads=cfg.resources.torch_threads_per_actor,
+        probe_ids=inputs.probe_ids,
+        lm_head_chunk_tokens=cfg.screen.lm_head_chunk_tokens,
+        lm_head_vocab_tile=cfg.screen.lm_head_vocab_tile,
+    )
 
-    world = ensure_world(cfg)
-    tokenizer_dir = Path(cfg.tokenizer.path or world.model_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    method = cfg.stages.method
-    on_policy = method == "policylong"
-    needs_policy = method in ("policylong", "entropylong")
-    index_dir = cached_index_dir(cfg, world.corpus_dir, tokenizer_dir)
-    index = build_index(index_dir, world.corpus_dir, tokenizer_dir, cfg.index, cfg.run.seed)
-    docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
-    probe_ids = docs[0]["input_ids"][: cfg.stages.probe_tokens]
 
-    # pi_k: the newest finished stage's checkpoint (resume), else the base.
-    first = next((k for k in range(len(cfg.stages.seq_lens)) if not stage_complete(cfg, k)), None)
-    policy_dir, version = Path(world.model_dir).resolve(), 0
-    if first:
-        policy_dir, version = (stage_dir(cfg, first - 1) / "model").resolve(), first
-    if first is None:
-        log.info("all %d stages are complete: nothing to do", len(cfg.stages.seq_lens))
-        return {
-            "stages": len(cfg.stages.seq_lens),
-            "new_work": False,
-            "report": str(write_report(cfg.run_dir)),
-        }
+def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> dict:
+    """Construction in a background thread while Ray Train trains on its log; construction's
+    counts. Either side failing fails the stage with the first cause, the other stopped."""
+    from pipelines.train import train_stage
 
-    actor_version = version if on_policy else 0
-    actor_dir = policy_dir if on_policy else Path(world.model_dir).resolve()
-    scorers = create_scorers(cfg, actor_dir, version=actor_version) if needs_policy else []
-    verifiers = create_verifiers(cfg, actor_dir, version=actor_version) if needs_policy else []
-    groups = transport_groups(cfg, scorers, verifiers)
-    retriever = Retriever.from_config(cfg, index.index_dir) if method != "concat" else None
-    fillers = FillerPool(index.index_dir, index.manifest["chunk_tables"])
-    broadcasts, busy = [], {}
-    actors = scorers + verifiers
-    # Start-up (engines, the entropy kernel's compilation, the embedder) is paid once per run,
-    # before the first stage, not inside it.
-    ready = time.perf_counter()
-    ray.get([a.warmup.remote() for a in actors])
-    if retriever is not None:
-        retriever.search(["warm-up query"], [""])
-    log.info("actors ready in %.1f s", time.perf_counter() - ready)
-    actor_names = [f"scorer{i}" for i in range(len(scorers))]
-    actor_names += [f"verifier{i}" for i in range(len(verifiers))]
-
+    result: dict = {}
+    construction = threading.Thread(
+        target=_construct,
+        args=(result, ctx, seed_docs, spec.budget_samples),
+        name=f"construct-stage-{ctx.stage}",
+    )
+    construction.start()
     try:
-        for k in range(first, len(cfg.stages.seq_lens)):
-            seq_len, theta = cfg.stages.seq_lens[k], cfg.stages.rope_thetas[k]
-            sdir = stage_dir(cfg, k)
-            sdir.mkdir(parents=True, exist_ok=True)
-            synced = None
-            if on_policy and version > 0:  # every actor must hold pi_k before stage k starts
-                expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
-                synced = broadcast(
-                    groups, policy_dir, version, probe_ids, expected, cfg.stages.probe_tolerance
-                )
-                broadcasts.append(synced)
-            log.info(
-                "stage %d: seq_len %d, RoPE base %.3g, policy version %d",
-                k,
-                seq_len,
-                theta,
-                version,
-            )
-            ctx = StageContext(
-                cfg,
-                k,
-                seq_len,
-                actor_version,
-                sdir,
-                scorers,
-                verifiers,
-                retriever,
-                tokenizer,
-                fillers,
-            )
-            budget = max(1, cfg.stages.tokens_per_stage // seq_len)
-            result: dict = {}
-            construction = threading.Thread(
-                target=_construct,
-                args=(result, ctx, seed_share(cfg, docs, k), budget),
-                name=f"construct-stage-{k}",
-            )
-            check_train_fits(
-                cfg.cluster
-            )  # before any work: fail fast rather than hang in Ray Train
-            started = time.time()
-            busy_before = busy if k > first else {}
-            construction.start()
-            spec = StageTrainSpec(
-                stage=k,
-                init_model_dir=str(policy_dir),
-                out_model_dir=str((sdir / "model").resolve()),
-                sample_log_dir=str((sdir / "samples").resolve()),
-                ledger_dir=str((sdir / "train").resolve()),
-                seq_len=seq_len,
-                rope_theta=theta,
-                budget_samples=budget,
-                train=asdict(cfg.train),
-                threads=cfg.cluster.torch_threads_per_actor,
-                probe_ids=probe_ids,
-                lm_head_chunk_tokens=cfg.screen.lm_head_chunk_tokens,
-                lm_head_vocab_tile=cfg.screen.lm_head_vocab_tile,
-            )
-            try:
-                with in_step("train"):
-                    train_stage(
-                        spec,
-                        cfg.cluster.num_train_workers,
-                        cfg.cluster.cpus_per_train_worker,
-                        cfg.cluster.gpus_per_train_worker,
-                    )
-            except StepFailed as train_error:
-                ctx.stop.set()  # construction must not go on for a stage that cannot finish
-                construction.join()
-                cause = result.get("error") or train_error  # the trainer stopped because of it
-                raise StageFailed(
-                    f"stage {k} failed in {describe(cause)}; {_rerun_hint(sdir)}"
-                ) from None
-            construction.join()
-            if "error" in result:
-                raise StageFailed(
-                    f"stage {k} failed in {describe(result['error'])}; {_rerun_hint(sdir)}"
-                )
-            if not result.get("samples"):
-                log.warning(
-                    "stage %d committed no samples (%s): pi_%d = pi_%d untrained; lower "
-                    "verify.tau_pos or raise stages.seed_docs_per_stage",
-                    k, result, k + 1, k,
-                )  # fmt: skip
-            busy = dict(
-                zip(actor_names, ray.get([a.busy_seconds.remote() for a in actors]), strict=True)
-            )
-            manifest = {
-                "stage": k,
-                "seq_len": seq_len,
-                "rope_theta": theta,
-                "method": method,
-                "policy_version_used": ctx.policy_version,
-                "model_dir": spec.out_model_dir,
-                "construction": result,
-                "wall_s": time.time() - started,
-                "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
-                "timeline_s": stage_timeline(sdir, started),
-                "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
-                "train_busy_s": [
-                    json.loads(f.read_text())["busy_s"]
-                    for f in sorted((sdir / "train").glob("rank*_busy.json"))
-                ],
-            }
-            (sdir / "stage_manifest.json").write_text(json.dumps(manifest, indent=2))
-            policy_dir, version = Path(spec.out_model_dir), k + 1
-            if on_policy:
-                actor_version = version
-    finally:  # also when a stage failed: no actor or transport outlives the run
-        _release(groups, actors, retriever)
+        with in_step("train"):
+            train_stage(spec, cfg.resources.trainer)
+    except StepFailed as train_error:
+        ctx.stop.set()  # construction must not go on for a stage that cannot finish
+        construction.join()
+        cause = result.get("error") or train_error  # the trainer stopped because of it
+        raise StageFailed(
+            f"stage {ctx.stage} failed in {describe(cause)}; {_rerun_hint(ctx.stage_dir)}"
+        ) from None
+    construction.join()
+    if "error" in result:
+        raise StageFailed(
+            f"stage {ctx.stage} failed in {describe(result['error'])}; {_rerun_hint(ctx.stage_dir)}"
+        )
+    return result
 
+
+def write_stage_manifest(cfg: Config, k: int, record: dict, started: float) -> dict:
+    """The stage is done once this file exists (resume skips it)."""
+    sdir = stage_dir(cfg, k)
+    manifest = {
+        "stage": k,
+        "seq_len": cfg.stages.seq_lens[k],
+        "rope_theta": cfg.stages.rope_thetas[k],
+        "method": cfg.stages.method,
+        **record,
+        "wall_s": time.time() - started,
+        "timeline_s": stage_timeline(sdir, started),
+        "train_busy_s": [
+            json.loads(f.read_text())["busy_s"]
+            for f in sorted((sdir / "train").glob("rank*_busy.json"))
+        ],
+    }
+    (sdir / "stage_manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> tuple:
+    """Stage k: construct its data with the fleet's policy while training pi_k on it.
+    (pi_{k+1}, the stage manifest)."""
+    from cluster.runtime import check_train_fits
+    from pipelines.construct import StageContext
+
+    seq_len, sdir = cfg.stages.seq_lens[k], stage_dir(cfg, k)
+    sdir.mkdir(parents=True, exist_ok=True)
+    synced = None
+    if fleet.method.on_policy and policy.version > 0:  # every actor holds pi_k before stage k
+        tolerance = cfg.stages.probe_tolerance
+        synced = fleet.broadcast(policy.model_dir, policy.version, inputs.probe_ids, tolerance)
+    actor_version = policy.version if fleet.method.on_policy else 0
+    log.info(
+        "stage %d: seq_len %d, RoPE base %.3g, policy version %d",
+        k, seq_len, cfg.stages.rope_thetas[k], policy.version,
+    )  # fmt: skip
+    ctx = StageContext(cfg, k, seq_len, actor_version, sdir, fleet, inputs.tokenizer)
+    budget = max(1, cfg.stages.tokens_per_stage // seq_len)
+    spec = _train_spec(cfg, k, policy, inputs, budget)
+    check_train_fits(cfg)  # before any work: fail fast rather than hang in Ray Train
+    started, busy_before = time.time(), fleet.busy_seconds()
+    counts = construct_and_train(cfg, ctx, seed_share(cfg, inputs.docs, k), spec)
+    if not counts.get("samples"):
+        log.warning(
+            "stage %d committed no samples (%s): pi_%d = pi_%d untrained; lower "
+            "verify.tau_pos or raise stages.seed_docs_per_stage",
+            k, counts, k + 1, k,
+        )  # fmt: skip
+    busy = fleet.busy_seconds()
+    record = {
+        "policy_version_used": actor_version,
+        "model_dir": spec.out_model_dir,
+        "construction": counts,
+        "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
+        "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
+    }
+    manifest = write_stage_manifest(cfg, k, record, started)
+    return Policy(Path(spec.out_model_dir), k + 1), manifest
+
+
+def run_policylong(cfg: Config) -> dict:
+    """The algorithm box (module docstring): every stage from the resume point, then the report."""
+    from cluster.runtime import check_plan_fits
+    from pipelines.fleet import Fleet
+    from pipelines.methods import method_spec
+    from pipelines.report import write_report
+
+    inputs = prepare_inputs(cfg)
+    n_stages = len(cfg.stages.seq_lens)
+    first, policy = resume_point(cfg, Path(inputs.world.model_dir))
+    if first is None:
+        log.info("all %d stages are complete: nothing to do", n_stages)
+        report = write_report(cfg.run_dir)
+        return {"stages": n_stages, "new_work": False, "report": str(report)}
+    method = method_spec(cfg.stages.method)
+    check_plan_fits(cfg, method)  # before any actor starts: one line, not a hang
+    # Off-policy methods keep pi_0 in their actors whatever stage they resume at.
+    actor_policy = policy if method.on_policy else Policy(Path(inputs.world.model_dir).resolve(), 0)
+    broadcasts = []
+    with Fleet(cfg, method, inputs.index.index_dir, inputs.index.manifest["chunk_tables"]) as fleet:
+        fleet.start(actor_policy.model_dir, actor_policy.version)
+        fleet.warmup()
+        for k in range(first, n_stages):
+            policy, manifest = run_stage(cfg, k, policy, fleet, inputs)
+            if manifest["broadcast"]:
+                broadcasts.append(manifest["broadcast"])
     report = write_report(cfg.run_dir)
     return {
-        "stages": len(cfg.stages.seq_lens),
+        "stages": n_stages,
         "new_work": True,
-        "final_model": str(policy_dir),
+        "final_model": str(policy.model_dir),
         "report": str(report),
         "broadcasts": broadcasts,
     }

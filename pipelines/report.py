@@ -230,7 +230,8 @@ def _probe_targets(run_dir: Path, stages: list[Path], cfg: Config | None) -> lis
 def _probe_section(run_dir: Path, stages: list[Path], cfg: Config | None) -> list[str]:
     """Long-copy gain and held-out perplexity of every checkpoint: run_dir/probe.json, probe.png
     and a table. Every model gets the same inputs at every distance up to the longest stage."""
-    from pipelines.probe import SAMPLES, SPAN, max_positions, plot_gains, probe_model
+    from pipelines.long_copy import SAMPLES, SPAN
+    from pipelines.probe import max_positions, plot_gains, probe_model
 
     targets = _probe_targets(run_dir, stages, cfg)
     manifests = [s / "stage_manifest.json" for s in stages]

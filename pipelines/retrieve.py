@@ -1,12 +1,15 @@
-"""Retriever: the driver-side client of the sharded index.
+"""Step 2 — retrieve: the chunks that may resolve a screened document's uncertain positions.
 
-It verifies the index on disk, starts one RetrievalShard actor per shard and one Embedder actor,
-and answers batched queries: embed the query texts, fan the batch out to every shard at once,
-merge the shards' top lists, and drop chunks of the query's own document. Shards are asked for
-k + `index.exclude_margin` hits; a query that still has too few after exclusion (its own document
-crowds the top) is asked again with twice as many, so every query gets k hits when the index holds
-k chunks of other documents. With flat shards the merged result equals one flat index over all
-vectors.
+`candidates_for` (PolicyLong, EntropyLong) and `own_chunk_candidates` (NExtLong) turn documents
+into Candidates through the Retriever, the driver-side client of the sharded index.
+
+The Retriever verifies the index on disk, starts one RetrievalShard actor per shard and one
+Embedder actor, and answers batched queries: embed the query texts, fan the batch out to every
+shard at once, merge the shards' top lists, and drop chunks of the query's own document. Shards
+are asked for k + `index.exclude_margin` hits; a query that still has too few after exclusion
+(its own document crowds the top) is asked again with twice as many, so every query gets k hits
+when the index holds k chunks of other documents. With flat shards the merged result equals one
+flat index over all vectors.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from pipelines.build_index import embedder_threads, verify_index
+from actors.embedder import embedder_threads
 from pipelines.chunking import shard_of
 from pipelines.config import Config, IndexSection
 from pipelines.errors import UserError
+from pipelines.index_format import verify_index
+from pipelines.records import Candidate, ScreenedDoc
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class Retriever:
         cpus_per_shard: float = 0.25,
         shard_threads: int = 1,
         embedder=None,
+        embedder_cpus: float = 1.0,
     ):
         self.index_dir = Path(index_dir)
         self.cfg = cfg
@@ -65,17 +71,19 @@ class Retriever:
         ]
         self.sizes = self._get([a.ready.remote() for a in self.shards])
         self._owns_embedder = embedder is None  # a shared embedder outlives this client
-        self.embedder = embedder or Embedder.options(num_cpus=cfg.cpus_per_embedder).remote(
-            cfg.embedder, cfg.embed_batch_size, embedder_threads(cfg)
+        self.embedder = embedder or Embedder.options(num_cpus=embedder_cpus).remote(
+            cfg.embedder, cfg.embed_batch_size, embedder_threads(embedder_cpus)
         )
 
     @classmethod
     def from_config(cls, cfg: Config, index_dir: str | Path | None = None) -> Retriever:
+        r = cfg.resources
         return cls(
             index_dir or cfg.run_dir / "index",
             cfg.index,
-            cfg.cluster.cpus_per_shard,
-            cfg.cluster.torch_threads_per_actor,
+            r.shard.cpus,
+            r.torch_threads_per_actor,
+            embedder_cpus=r.embedder.cpus,
         )
 
     @staticmethod
@@ -155,3 +163,45 @@ def _merge(
         return merged, all(len(rows) < asked for rows in lists)
     kth = merged[-1].score
     return merged, all(len(rows) < asked or rows[-1][2] <= kth for rows in lists)
+
+
+def candidates_for(retriever: Retriever, screened: list[ScreenedDoc]) -> list[list[Candidate]]:
+    """Step 2 for a batch of screened documents: the top-k chunks for every selected position
+    (one search and one chunk fetch for the whole batch). Per document one Candidate per
+    distinct chunk, with the positions it was retrieved for and its best similarity."""
+    queries = [q for doc in screened for q in doc.queries]
+    owners = [doc.doc_id for doc in screened for _ in doc.queries]
+    hits = iter(retriever.search(queries, owners) if queries else [])
+    per_doc: list[dict[str, Candidate]] = []
+    for doc in screened:
+        merged: dict[str, Candidate] = {}
+        for pos in doc.positions:
+            for h in next(hits):
+                c = merged.setdefault(h.chunk_id, Candidate(h.chunk_id, [], -1.0))
+                c.similarity = max(c.similarity, h.score)
+                c.positions.append(pos)
+        per_doc.append(merged)
+    wanted = sorted({cid for merged in per_doc for cid in merged})
+    tokens = {c["chunk_id"]: c["input_ids"] for c in retriever.get_chunks(wanted)}
+    for merged in per_doc:
+        for cid, c in merged.items():
+            c.input_ids = tokens[cid]
+    return [list(merged.values()) for merged in per_doc]
+
+
+def own_chunk_candidates(
+    retriever: Retriever, doc: dict, tokenizer, cfg: IndexSection
+) -> list[Candidate]:
+    """NExtLong's retrieval: the document's own chunks as queries, the top-k similar chunks of
+    other documents (each once, with its best similarity)."""
+    ids, step = doc["input_ids"], cfg.chunk_tokens
+    queries = [tokenizer.decode(ids[i : i + step]) for i in range(0, len(ids), step)]
+    hits = retriever.search(queries, [doc["doc_id"]] * len(queries))
+    best: dict[str, float] = {}
+    for h in (h for q in hits for h in q):
+        best[h.chunk_id] = max(best.get(h.chunk_id, -1.0), h.score)
+    chunks = retriever.get_chunks(list(best))
+    return [
+        Candidate(cid, ch["input_ids"], sim)
+        for (cid, sim), ch in zip(best.items(), chunks, strict=True)
+    ]

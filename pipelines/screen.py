@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines.config import Config
+from pipelines.records import ScreenedDoc
 
 log = logging.getLogger(__name__)
 
@@ -89,23 +90,43 @@ def query_text(tokenizer, ids: list[int], pos: int, before: int, after: int) -> 
     return tokenizer.decode(ids[start:stop], skip_special_tokens=True)
 
 
-def screen_row(doc_id: str, ids: list[int], entropy: np.ndarray, tokenizer, cfg: Config) -> dict:
-    """One output row: statistics, selected positions, their entropies and queries."""
+def screen_doc(
+    doc_id: str, ids: list[int], entropy: np.ndarray, tokenizer, cfg: Config, version: int = 0
+) -> ScreenedDoc:
+    """One document's screening from its entropies: statistics, positions, their queries."""
     s = cfg.screen
     mu, sigma, threshold = entropy_threshold(entropy, s.alpha)
     positions = select_positions(entropy, s.alpha, s.max_positions, s.min_gap, s.min_context)
-    return {
-        "doc_id": doc_id,
-        "n_tokens": len(ids),
-        "entropy_mean": mu,
-        "entropy_std": sigma,
-        "threshold": threshold,
-        "positions": positions,
-        "position_entropies": [float(entropy[p]) for p in positions],
-        "queries": [
-            query_text(tokenizer, ids, p, s.query_before, s.query_after) for p in positions
-        ],
-    }
+    return ScreenedDoc(
+        doc_id=doc_id,
+        input_ids=list(ids),
+        positions=positions,
+        position_entropies=[float(entropy[p]) for p in positions],
+        queries=[query_text(tokenizer, ids, p, s.query_before, s.query_after) for p in positions],
+        entropy_mean=mu,
+        entropy_std=sigma,
+        threshold=threshold,
+        policy_version=version,
+        entropy=entropy,
+    )
+
+
+def screen_scored(
+    docs: list[dict], scored: list[dict], tokenizer, cfg: Config, version: int
+) -> list[ScreenedDoc]:
+    """screen_doc for every document of a batch a scorer returned entropies for."""
+    return [
+        screen_doc(d["doc_id"], d["input_ids"], s["entropy"], tokenizer, cfg, version)
+        for d, s in zip(docs, scored, strict=True)
+    ]
+
+
+def screen_batch(scorer, docs: list[dict], tokenizer, cfg: Config, version: int) -> list:
+    """Step 1 for one batch of seed documents: exact entropies on a scorer actor (pi_version),
+    then the positions and queries here. The one screening path (construction and `screen`)."""
+    import ray
+
+    return screen_scored(docs, ray.get(scorer.score.remote(docs)), tokenizer, cfg, version)
 
 
 def tokenize_docs(tokenizer, docs: pa.Table, max_doc_tokens: int) -> list[dict]:
@@ -138,11 +159,10 @@ def screen_documents(
     batches = [docs[i : i + size] for i in range(0, len(docs), size)]
     pool = ActorPool(scorers)
     rows: list[dict] = []
-    results = pool.map_unordered(lambda actor, batch: actor.screen.remote(batch), batches)
-    for batch_rows in tqdm(results, total=len(batches), desc="screen", unit="batch"):
-        rows.extend(batch_rows)
-    order = {d["doc_id"]: i for i, d in enumerate(docs)}
-    rows.sort(key=lambda r: order[r["doc_id"]])
+    results = pool.map(lambda actor, batch: actor.score.remote(batch), batches)  # in order
+    bar = tqdm(zip(batches, results, strict=True), total=len(batches), desc="screen", unit="batch")
+    for batch, scored in bar:
+        rows.extend(d.table_row() for d in screen_scored(batch, scored, tokenizer, cfg, 0))
     table = pa.Table.from_pylist(rows, schema=SCREEN_SCHEMA)
     if out_path is not None:
         out_path = Path(out_path)

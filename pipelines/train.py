@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from pipelines.config import TrainSection
+from pipelines.config import ActorGroup, TrainSection
 from pipelines.sample_log import SampleLog
 
 log = logging.getLogger(__name__)
@@ -283,17 +283,19 @@ def probe_entropies(policy, probe_ids: list[int], tiling: tuple[int, int]) -> di
     return {"probe_ids": probe_ids, "entropies": ent.tolist()}
 
 
-def train_stage(spec: StageTrainSpec, num_workers: int, cpus_per_worker: float, gpus: float):
-    """Run one stage's TorchTrainer; rerunning with the same name resumes from its checkpoint."""
+def train_stage(spec: StageTrainSpec, workers: ActorGroup):
+    """Run one stage's TorchTrainer on `workers` (resources.trainer); rerunning with the same
+    name resumes from its checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    resources = {"CPU": cpus_per_worker} | ({"GPU": gpus} if gpus else {})
+    gpus = workers.gpus
+    resources = {"CPU": workers.cpus} | ({"GPU": gpus} if gpus else {})
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config=asdict(spec),
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=gpus > 0, resources_per_worker=resources
+            num_workers=workers.count, use_gpu=gpus > 0, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=f"stage_{spec.stage}",

@@ -81,3 +81,23 @@ def test_missing_and_malformed_files_are_one_line_errors(tmp_path):
     bad.write_text("screen: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml' line \d+ is not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("cluster.num_scorers", "resources.scorer.count"),
+        ("cluster.cpus_per_train_worker", "resources.trainer.cpus"),
+        ("index.cpus_per_embedder", "resources.embedder.cpus"),
+    ],
+)
+def test_a_key_of_an_earlier_version_says_where_it_moved(old, new):
+    with pytest.raises(ConfigError, match=f"'{old}' has moved to '{new}'"):
+        load_config("configs/tiny.yaml", [f"{old}=1"])
+
+
+def test_resources_are_one_block_per_role():
+    cfg = load_config("configs/test.yaml", ["resources.verifier.count=3"])
+    assert (cfg.resources.verifier.count, cfg.resources.verifier.cpus) == (3, 0.25)
+    with pytest.raises(ConfigError, match="resources.scorer.gpus"):
+        config_from_dict({"resources": {"scorer": {"gpus": -1}}})

@@ -15,12 +15,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stage_ctx(load_test_profile, tiny_world, ray_local):
-    from actors.scorer import create_scorers
-    from actors.verifier import create_verifiers
     from pipelines.build_index import build_index, cached_index_dir
+    from pipelines.fleet import Fleet
     from pipelines.ingest import read_docs
+    from pipelines.methods import method_spec
     from pipelines.policylong import seed_share
-    from pipelines.retrieve import Retriever
     from pipelines.screen import tokenize_docs
     from pipelines.tokenizer import load_tokenizer
 
@@ -40,20 +39,14 @@ def stage_ctx(load_test_profile, tiny_world, ray_local):
         cfg.index,
     )
     docs = tokenize_docs(tok, read_docs(tiny_world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
-    scorers = create_scorers(cfg, tiny_world.model_dir)
-    verifiers = create_verifiers(cfg, tiny_world.model_dir)
-    retriever = Retriever.from_config(cfg, index.index_dir)
-    fillers = construct.FillerPool(index.index_dir, index.manifest["chunk_tables"])
+    tables = index.manifest["chunk_tables"]
+    with Fleet(cfg, method_spec("policylong"), index.index_dir, tables) as fleet:
+        fleet.start(tiny_world.model_dir, 0)
 
-    def make(stage_dir: Path) -> construct.StageContext:
-        return construct.StageContext(
-            cfg, 0, 512, 0, stage_dir, scorers, verifiers, retriever, tok, fillers
-        )
+        def make(stage_dir: Path) -> construct.StageContext:
+            return construct.StageContext(cfg, 0, 512, 0, stage_dir, fleet, tok)
 
-    yield make, seed_share(cfg, docs, 0)[:24]
-    retriever.close()
-    for a in scorers + verifiers:
-        ray_local.kill(a)
+        yield make, seed_share(cfg, docs, 0)[:24]
 
 
 def _ids(stage_dir: Path) -> list[str]:

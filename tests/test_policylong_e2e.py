@@ -22,7 +22,7 @@ E2E_OVERRIDES = [
     "verify.tau_pos=0.005",
     "verify.tau_neg=0.0",
     "screen.batch_docs=4",
-    "cluster.num_train_workers=2",
+    "resources.trainer.count=2",
 ]
 
 

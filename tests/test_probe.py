@@ -13,7 +13,7 @@ import torch
 from copying_policy import VOCAB
 
 from pipelines.cli import main
-from pipelines.probe import SPAN, copy_probe_inputs, long_copy_gain, span_nll
+from pipelines.long_copy import SPAN, copy_probe_inputs, long_copy_gain, span_nll
 
 STREAM = np.random.default_rng(0).integers(0, VOCAB, 20_000)  # uniform: only copying helps
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import ConfigError, ScreenSection, config_from_dict
-from pipelines.screen import query_text, query_window, screen_row
+from pipelines.screen import query_text, query_window, screen_doc
 
 IDS = list(range(1000, 1100))  # token i of the document has id 1000 + i: a slice is readable
 
@@ -85,7 +85,7 @@ def test_decoded_query_through_a_real_tokenizer(tokenizer):
     assert query_text(tokenizer, ids, pos, 1000, 1000) == text
 
 
-def test_screen_row_uses_the_configured_window(tokenizer):
+def test_screen_doc_uses_the_configured_window(tokenizer):
     text = "O Romeo, Romeo, wherefore art thou Romeo? Deny thy father and refuse thy name."
     ids = tokenizer(text)["input_ids"]
     entropy = np.full(len(ids), 1.0, dtype=np.float32)
@@ -95,9 +95,9 @@ def test_screen_row_uses_the_configured_window(tokenizer):
     cfg = config_from_dict(
         {"screen": {"min_context": 0, "query_before": 2, "query_after": 1, "max_positions": 1}}
     )
-    row = screen_row("d", ids, entropy, tokenizer, cfg)
-    assert row["positions"] == [anchor]
-    assert row["queries"] == [tokenizer.decode(ids[anchor - 2 : anchor + 2])]
+    row = screen_doc("d", ids, entropy, tokenizer, cfg)
+    assert row.positions == [anchor]
+    assert row.queries == [tokenizer.decode(ids[anchor - 2 : anchor + 2])]
 
 
 @pytest.mark.parametrize(

@@ -23,10 +23,10 @@ from pipelines.build_index import (
     build_key,
     cached_index_dir,
     make_faiss_index,
-    verify_index,
 )
 from pipelines.config import IndexSection, load_config
 from pipelines.errors import UserError
+from pipelines.index_format import verify_index
 from pipelines.ingest import read_docs
 from pipelines.retrieve import Retriever
 
@@ -170,7 +170,7 @@ def test_persisted_shards_reload_in_new_actors_and_answer_identically(
     own = [c["doc_id"] for c in picked]
     before = retriever.search_vectors(queries, own, k=8)
     again = Retriever(
-        built_index.index_dir, test_config.index, test_config.cluster.cpus_per_shard,
+        built_index.index_dir, test_config.index, test_config.resources.shard.cpus,
         embedder=retriever.embedder,
     )  # fmt: skip
     try:

@@ -1,27 +1,56 @@
-"""A stage that Ray Train could never schedule on this fixed-size local Ray fails fast with one
-clear line instead of waiting forever."""
+"""Work that this fixed-size local Ray could never schedule fails fast with one clear line
+instead of waiting forever: the whole run's actors before any starts, and each stage's Ray Train
+workers before the stage."""
 
 from __future__ import annotations
 
 import pytest
 
-from cluster.runtime import check_train_fits
-from pipelines.config import ClusterSection
+from cluster.runtime import check_plan_fits, check_train_fits, resource_plan
+from pipelines.config import config_from_dict
 from pipelines.errors import UserError
+from pipelines.methods import method_spec
+
+
+def _cfg(address: str = "", **resources):
+    return config_from_dict({"cluster": {"address": address}, "resources": resources})
 
 
 def test_train_that_cannot_fit_is_refused(ray_local):
-    too_big = ClusterSection(num_train_workers=64, cpus_per_train_worker=1.0)
-    with pytest.raises(UserError, match="cluster.num_train_workers") as err:
+    too_big = _cfg(trainer={"count": 64, "cpus": 1.0})
+    with pytest.raises(UserError, match="resources.trainer.count") as err:
         check_train_fits(too_big, wait_s=0)
     assert "64 CPU" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_train_that_fits_passes(ray_local):
-    check_train_fits(ClusterSection(num_train_workers=1, cpus_per_train_worker=0.01), wait_s=0)
+    check_train_fits(_cfg(trainer={"count": 1, "cpus": 0.01}), wait_s=0)
 
 
 def test_joined_cluster_is_not_refused(ray_local):
     # An autoscaling cluster may add nodes: only a local Ray is known to be fixed in size.
-    joined = ClusterSection(address="auto", num_train_workers=64, cpus_per_train_worker=1.0)
+    joined = _cfg("auto", trainer={"count": 64, "cpus": 1.0})
     check_train_fits(joined, wait_s=0)
+    check_plan_fits(joined, method_spec("policylong"))
+
+
+def test_run_whose_roles_together_do_not_fit_is_refused_naming_each_role(ray_local):
+    cfg = _cfg(scorer={"count": 4, "cpus": 64.0}, trainer={"count": 2, "cpus": 0.5})
+    with pytest.raises(UserError) as err:
+        check_plan_fits(cfg, method_spec("policylong"))
+    line = str(err.value)
+    assert "scorer 256" in line and "trainer 1" in line and "resources.<role>" in line, line
+    assert "\n" not in line
+    # concat runs no scorer, verifier or retrieval actor: the same resources fit
+    check_plan_fits(cfg, method_spec("concat"))
+
+
+def test_plan_counts_only_the_roles_a_method_runs():
+    cfg = _cfg(shard={"cpus": 0.1}, embedder={"cpus": 0.25})
+    assert set(resource_plan(cfg, method_spec("policylong"))) == {
+        "scorer", "verifier", "trainer", "shard", "embedder",
+    }  # fmt: skip
+    assert set(resource_plan(cfg, method_spec("nextlong"))) == {"trainer", "shard", "embedder"}
+    assert set(resource_plan(cfg, method_spec("concat"))) == {"trainer"}
+    shards = resource_plan(cfg, method_spec("nextlong"))["shard"]["CPU"]
+    assert shards == pytest.approx(cfg.index.num_shards * 0.1)

@@ -14,23 +14,20 @@ import torch
 from copying_policy import VOCAB, copy_case
 
 from actors.hf_backend import HFBackend
-from actors.verifier import Verifier, label_of
+from actors.verifier import Verifier, label_of, verifier_spec
 from pipelines.entropy import naive_token_entropies, token_entropies
+from pipelines.records import Candidate, ScreenedDoc
 from pipelines.tokenizer import load_tokenizer
 
 PREFIX = "KING HENRY. Now, lords, for France; the enterprise whereof shall be to you. "
 OTHER = "The quality of mercy is not strain'd; it droppeth as the gentle rain from heaven. "
 
 
-def _seed_doc(backend: HFBackend, doc_ids: list[int], positions: list[int]) -> dict:
+def _seed_doc(backend: HFBackend, doc_ids: list[int], positions: list[int]) -> ScreenedDoc:
     """A screened document as the verifier receives it: positions and their entropies (no c)."""
     h = token_entropies(backend.hidden_states([doc_ids])[0], backend.lm_head_weight(), 64)
-    return {
-        "doc_id": "seed",
-        "input_ids": doc_ids,
-        "positions": positions,
-        "position_entropies": [float(h[p]) for p in positions],
-    }
+    ents = [float(h[p]) for p in positions]
+    return ScreenedDoc("seed", doc_ids, positions, ents, [], 0.0, 0.0, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +46,8 @@ def case(tiny_world):
 
 @pytest.fixture(scope="module")
 def verifier(test_config, tiny_world, ray_local):
-    actor = ray_local.remote(Verifier).remote(test_config, str(tiny_world.model_dir))
+    spec = verifier_spec(test_config, 0)
+    actor = ray_local.remote(Verifier).remote(spec, test_config.verify, str(tiny_world.model_dir))
     yield actor
     ray_local.kill(actor)
 
@@ -58,15 +56,15 @@ def test_entropy_with_chunk_equals_full_sequence_reference(case, verifier):
     import ray
 
     doc, copy, backend = case
-    cand = {"chunk_id": "copy", "input_ids": copy, "similarity": 0.9, "positions": doc["positions"]}
+    cand = Candidate("copy", copy, 0.9, doc.positions)
     [res] = ray.get(verifier.verify.remote(doc, [cand]))
-    full = copy + doc["input_ids"]  # the whole sequence, no truncation
+    full = copy + doc.input_ids  # the whole sequence, no truncation
     ref = naive_token_entropies(backend.hidden_states([full])[0], backend.lm_head_weight())
-    expected = [float(ref[len(copy) + t]) for t in doc["positions"]]
-    assert res["entropies_with"] == pytest.approx(expected, abs=1e-5)
-    h0 = torch.tensor(doc["position_entropies"])
+    expected = [float(ref[len(copy) + t]) for t in doc.positions]
+    assert res.entropies_with == pytest.approx(expected, abs=1e-5)
+    h0 = torch.tensor(doc.position_entropies)
     r = float(((h0 - torch.tensor(expected)) / h0).mean())
-    assert res["r"] == pytest.approx(r, abs=1e-5)
+    assert res.r == pytest.approx(r, abs=1e-5)
 
 
 def test_labels_follow_thresholds():
@@ -79,7 +77,8 @@ def test_labels_follow_thresholds():
 
 @pytest.fixture(scope="module")
 def copier(copier_dir, test_config, ray_local):
-    actor = ray_local.remote(Verifier).remote(test_config, str(copier_dir))
+    spec = verifier_spec(test_config, 0)
+    actor = ray_local.remote(Verifier).remote(spec, test_config.verify, str(copier_dir))
     yield copier_dir, actor
     ray_local.kill(actor)
 
@@ -103,21 +102,20 @@ def test_chunk_with_the_continuation_is_a_positive(copier, test_config):
         doc = _seed_doc(backend, case.doc, case.positions)
         # Without c the continuation is unpredictable: entropy near uniform on average.
         uniform = torch.log(torch.tensor(float(VOCAB))).item()
-        assert sum(doc["position_entropies"]) / len(case.positions) > 0.6 * uniform, doc
+        assert sum(doc.position_entropies) / len(case.positions) > 0.6 * uniform, doc
         cands = [
-            {"chunk_id": "copy", "input_ids": case.with_continuation, "similarity": 0.9},
-            {"chunk_id": "other", "input_ids": case.unrelated, "similarity": 0.8},
+            Candidate("copy", case.with_continuation, 0.9, case.positions),
+            Candidate("other", case.unrelated, 0.8, case.positions),
         ]
-        positions = {"positions": case.positions}
-        results = ray.get(verifier.verify.remote(doc, [c | positions for c in cands]))
-        by_id = {r["chunk_id"]: r for r in results}
-        r_copy.append(by_id["copy"]["r"])
-        r_other.append(by_id["other"]["r"])
-        labels_copy.append(by_id["copy"]["label"])
-        labels_other.append(by_id["other"]["label"])
+        results = ray.get(verifier.verify.remote(doc, cands))
+        by_id = {r.chunk_id: r for r in results}
+        r_copy.append(by_id["copy"].r)
+        r_other.append(by_id["other"].r)
+        labels_copy.append(by_id["copy"].label)
+        labels_other.append(by_id["other"].label)
         v = test_config.verify
         for res in results:  # labels follow the configured thresholds
-            assert res["label"] == label_of(res["r"], v.tau_pos, v.tau_neg), res
+            assert res.label == label_of(res.r, v.tau_pos, v.tau_neg), res
     assert statistics.median(r_copy) >= 5 * tau_pos, r_copy  # clearly, not barely
     assert statistics.median(abs(r) for r in r_other) <= tau_neg, r_other
     assert sum(label_of(r, tau_pos, tau_neg) == "positive" for r in r_copy) >= 12, r_copy

@@ -1,0 +1,77 @@
+"""The on-disk format of a retrieval index, readable without the code that builds it.
+
+    manifest.json              format_version, embedder, dim, shards, files (bytes + sha256)
+    shard-00000.faiss          FAISS index of shard 0; FAISS id i = row i of its chunk table
+    shard-00000.chunks.parquet its chunk rows (pipelines/chunking.py CHUNK_SCHEMA)
+
+Readers (the retrieval shards, the retriever) check the manifest and the checksums here; the
+builder (pipelines/build_index.py) writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def rebuild_hint(index_dir: Path) -> str:
+    return f"delete '{index_dir}' and run `policylong build-index` to rebuild it"
+
+
+def shard_files(shard: int) -> tuple[str, str]:
+    return f"shard-{shard:05d}.faiss", f"shard-{shard:05d}.chunks.parquet"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(index_dir: Path) -> dict:
+    path = Path(index_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"no index manifest at '{path}': {rebuild_hint(index_dir)}")
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["shards"], manifest["files"]  # noqa: B018 - the keys every reader needs
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(
+            f"index manifest '{path}' is unreadable: {rebuild_hint(index_dir)}"
+        ) from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"index '{index_dir}' has format {manifest.get('format_version')}, this code reads "
+            f"{FORMAT_VERSION}: {rebuild_hint(index_dir)}"
+        )
+    return manifest
+
+
+def verify_index(index_dir: Path) -> dict:
+    """The manifest, after checking every listed file's size and sha256; UserError if not."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    for name, meta in manifest["files"].items():
+        path = index_dir / name
+        if not path.is_file():
+            raise UserError(f"index file '{path}' is missing: {rebuild_hint(index_dir)}")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            raise UserError(
+                f"index file '{path}' is corrupt ({size} bytes, manifest says {meta['bytes']}; "
+                f"truncated or overwritten): {rebuild_hint(index_dir)}"
+            )
+        if sha256_file(path) != meta["sha256"]:
+            raise UserError(
+                f"index file '{path}' is corrupt (sha256 differs from the manifest): "
+                f"{rebuild_hint(index_dir)}"
+            )
+    return manifest

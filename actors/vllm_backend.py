@@ -5,7 +5,7 @@
 the backend reads it from the checkpoint's safetensors itself (`lm_head.weight`, or
 `model.embed_tokens.weight` when the embeddings are tied) and the chunked entropy math applies it.
 
-Weight sync (CPU path, shared/DESIGN.md section 4): `collective_rpc("reload_weights",
+Weight sync (CPU path, docs/architecture.md): `collective_rpc("reload_weights",
 kwargs={"weights_path": dir})` reloads the parameters in place; tensors passed through
 collective_rpc arrive mangled, so a state_dict is not accepted here. `reload_weights` does *not*
 re-read config.json: a raised RoPE base (what every stage does) is applied in the worker by

@@ -134,7 +134,7 @@ class ScreenSection:
     min_gap: int = field(default=64, metadata=_r(1))
     min_context: int = field(default=32, metadata=_r(0))
     # Retrieval query: EntropyLong's window centred on the anchor token x_t (entropy[t] =
-    # H(x_t | x_<t)), w = 16 (shared/METHOD_NOTES.md section 2.2): query_before tokens, x_t, then
+    # H(x_t | x_<t)), w = 16 (EntropyLong, arXiv 2510.02330): query_before tokens, x_t, then
     # query_after tokens, clipped at the document's edges. The former query (the 256 tokens right
     # before x_t) is query_before=256, query_after=0, which now also holds x_t itself.
     query_before: int = field(default=16, metadata=_r(0))

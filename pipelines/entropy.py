@@ -4,7 +4,7 @@ Alignment (the whole system relies on it): for a sequence x_0..x_{T-1} with fina
 h_0..h_{T-1}, `out[t] = H(x_t | x_<t)`, computed from h_{t-1}; `out[0]` is NaN (nothing predicts
 the first token).
 
-Speed (shared/DESIGN.md, "Entropy speed"): the logits are never held whole, not even per row
+Speed (bench/entropy.py measures it): the logits are never held whole, not even per row
 block. Rows come in blocks of `chunk_tokens`; for each block the vocabulary is walked in tiles of
 `vocab_tile` columns and an *online* softmax-entropy is kept per row, like flash-attention's
 running max: m = max z so far, s = sum e^(z-m), u = sum e^(z-m) (z-m); a new tile with max m'

@@ -2,7 +2,7 @@
 
 RULER (Hsieh et al., 2024) tests what a long-context model can find and use in its window with
 synthetic tasks inserted into filler text. These are its task families, with its templates where
-a small model allows (../shared/METHOD_NOTES.md §4):
+a small model allows (RULER, arXiv 2404.06654):
 
     niah_single        one needle "One of the special magic {kind}s for {key} is: {value}." in
                        held-out text; the kind cycles over number (7 digits), word, uuid

@@ -1,5 +1,5 @@
 """Screening: exact per-token entropy of seed documents under the current policy, then the
-high-entropy positions and the retrieval query around each (method step 1, shared/DESIGN.md).
+high-entropy positions and the retrieval query around each (method step 1, docs/architecture.md).
 
 A position t is a candidate when H_t > mu_d + alpha * sigma_d (mean and std over the document's
 valid entropies) and t >= min_context; the highest-entropy candidates are taken greedily, at least
@@ -7,7 +7,7 @@ min_gap apart, at most max_positions, and returned in position order.
 
 Position t indexes tokens: entropy[t] = H(x_t | x_<t) (pipelines/entropy.py), so the anchor of a
 position t is the token x_t whose prediction is uncertain. Its query is EntropyLong's window
-centred on the anchor (q_i = x_{t_i-w : t_i+w}, w = 16; shared/METHOD_NOTES.md section 2.2):
+centred on the anchor (q_i = x_{t_i-w : t_i+w}, w = 16; EntropyLong, arXiv 2510.02330):
 screen.query_before tokens before x_t, x_t itself and screen.query_after tokens after it, clipped
 at the document's edges.
 """

@@ -1,5 +1,5 @@
 """The retrieval query: EntropyLong's window centred on the anchor token (q_i = x_{t_i-w : t_i+w},
-w = 16; shared/METHOD_NOTES.md section 2.2), on hand-made token arrays and through a tokenizer."""
+w = 16; EntropyLong, arXiv 2510.02330), on hand-made token arrays and through a tokenizer."""
 
 from __future__ import annotations
 

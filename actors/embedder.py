@@ -86,6 +86,10 @@ class Embedder:
     def dim(self) -> int:
         return self.encoder.dim
 
+    def pid(self) -> int:
+        """The actor's process (a restart after a crash gives a new one)."""
+        return os.getpid()
+
 
 class EmbedBatch:
     """Ray Data callable class: adds an `embedding` column (fixed-size list of float32)."""

@@ -7,6 +7,7 @@ overlap benchmark. Subclasses add their step of the method (screen, verify).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -30,10 +31,24 @@ class PolicySpec:
     gpus: float
     engine_index: int  # its place among the node's vLLM engines (core binding)
     max_model_len: int | None = None  # vLLM: longest sequence; None = screen.max_doc_tokens
+    # A JSON file {model_dir, version} naming the policy the run's actors hold now (the fleet
+    # rewrites it before each broadcast): an actor Ray restarts after a crash loads that one,
+    # not the one it was first created with. Empty: use the constructor's.
+    pointer: str = ""
+    probe_tolerance: float = 1e-3  # a restarted actor's probe entropies vs the trainer's
+
+
+def current_policy(pointer: str, model_dir: str | Path, version: int) -> tuple[str, int]:
+    """The policy an actor starting now must hold: the pointer's, else the given one."""
+    if pointer and Path(pointer).is_file():
+        current = json.loads(Path(pointer).read_text())
+        return current["model_dir"], int(current["version"])
+    return str(model_dir), version
 
 
 class PolicyHolder:
     def __init__(self, spec: PolicySpec, model_dir: str | Path, version: int = 0):
+        model_dir, version = current_policy(spec.pointer, model_dir, version)
         # Before any engine starts: vLLM's in-process worker replaces torch.set_num_threads, and
         # an unbound ("nobind") engine process takes its thread count from OMP_NUM_THREADS.
         torch.set_num_threads(spec.threads)
@@ -50,6 +65,28 @@ class PolicyHolder:
             device="cuda" if spec.gpus > 0 else "cpu",
             version=version,
         )
+        self.prove_policy()  # before Ray hands this actor any work
+
+    def prove_policy(self) -> float:
+        """A trained policy's checkpoint carries the trainer's entropies of a fixed probe
+        (probe.json): this actor's must match, or it holds the wrong weights and must not
+        work. The largest difference (0 for the base, which has no probe)."""
+        probe = Path(self.model_dir) / "probe.json"
+        if not probe.is_file():
+            return 0.0
+        expected = json.loads(probe.read_text())
+        got = self.probe_entropy(expected["probe_ids"])
+        diff = max(abs(a - b) for a, b in zip(got, expected["entropies"], strict=True))
+        if diff > self.spec.probe_tolerance:
+            raise RuntimeError(
+                f"policy {self.model_dir} (version {self.backend.version}) loaded but its probe "
+                f"entropies differ from the trainer's by {diff:.2e} > {self.spec.probe_tolerance}"
+            )
+        return diff
+
+    def pid(self) -> int:
+        """The actor's process (a restart after a crash gives a new one)."""
+        return os.getpid()
 
     @property
     def _tiling(self) -> tuple[int, int]:

@@ -7,6 +7,7 @@ against the manifest, and then serves `search` (ids and scores only, small repli
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,7 @@ class RetrievalShard:
 
     def get_chunks(self, chunk_ids: list[str]) -> list[dict]:
         return self.shard.get_chunks(chunk_ids)
+
+    def pid(self) -> int:
+        """The actor's process (a restart after a crash gives a new one)."""
+        return os.getpid()

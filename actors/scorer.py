@@ -30,20 +30,31 @@ class EntropyScorer(PolicyHolder):
         ]
 
 
-def scorer_spec(cfg: Config, actor_index: int) -> PolicySpec:
+def scorer_spec(cfg: Config, actor_index: int, pointer: str = "") -> PolicySpec:
     r = cfg.resources
     return PolicySpec(
-        cfg.screen.backend, cfg.screen, r.torch_threads_per_actor, r.scorer.gpus, actor_index
+        cfg.screen.backend,
+        cfg.screen,
+        r.torch_threads_per_actor,
+        r.scorer.gpus,
+        actor_index,
+        pointer=pointer,
+        probe_tolerance=cfg.stages.probe_tolerance,
     )
 
 
 def create_scorers(
-    cfg: Config, model_dir: str | Path, num: int | None = None, version: int = 0
+    cfg: Config, model_dir: str | Path, num: int | None = None, version: int = 0, pointer: str = ""
 ) -> list:
-    """resources.scorer.count EntropyScorer actors, each with resources.scorer's CPUs/GPUs."""
+    """resources.scorer.count EntropyScorer actors, each with resources.scorer's CPUs/GPUs.
+    A crashed one is restarted (cluster.actor_max_restarts) and its calls retried; it then
+    loads the policy `pointer` names (PolicySpec)."""
     import ray
 
-    group = cfg.resources.scorer
-    actor_cls = ray.remote(EntropyScorer).options(num_cpus=group.cpus, num_gpus=group.gpus)
+    group, restarts = cfg.resources.scorer, cfg.cluster.actor_max_restarts
+    actor_cls = ray.remote(EntropyScorer).options(
+        num_cpus=group.cpus, num_gpus=group.gpus, max_restarts=restarts, max_task_retries=restarts
+    )
     n = num if num is not None else group.count
-    return [actor_cls.remote(scorer_spec(cfg, i), str(model_dir), version) for i in range(n)]
+    specs = [scorer_spec(cfg, i, pointer) for i in range(n)]
+    return [actor_cls.remote(spec, str(model_dir), version) for spec in specs]

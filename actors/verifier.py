@@ -68,7 +68,7 @@ class Verifier(PolicyHolder):
         return out
 
 
-def verifier_spec(cfg: Config, actor_index: int) -> PolicySpec:
+def verifier_spec(cfg: Config, actor_index: int, pointer: str = "") -> PolicySpec:
     r = cfg.resources
     return PolicySpec(
         cfg.verify.backend,
@@ -78,16 +78,23 @@ def verifier_spec(cfg: Config, actor_index: int) -> PolicySpec:
         # one vLLM core binding per engine on the node: scorers first, then verifiers
         engine_index=r.scorer.count + actor_index,
         max_model_len=cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1,
+        pointer=pointer,
+        probe_tolerance=cfg.stages.probe_tolerance,
     )
 
 
-def create_verifiers(cfg: Config, model_dir: str | Path, version: int = 0) -> list:
-    """resources.verifier.count Verifier actors, each with resources.verifier's CPUs/GPUs."""
+def create_verifiers(
+    cfg: Config, model_dir: str | Path, version: int = 0, pointer: str = ""
+) -> list:
+    """resources.verifier.count Verifier actors, each with resources.verifier's CPUs/GPUs,
+    restarted after a crash like the scorers (actors/scorer.py create_scorers)."""
     import ray
 
-    group = cfg.resources.verifier
-    actor_cls = ray.remote(Verifier).options(num_cpus=group.cpus, num_gpus=group.gpus)
+    group, restarts = cfg.resources.verifier, cfg.cluster.actor_max_restarts
+    actor_cls = ray.remote(Verifier).options(
+        num_cpus=group.cpus, num_gpus=group.gpus, max_restarts=restarts, max_task_retries=restarts
+    )
     return [
-        actor_cls.remote(verifier_spec(cfg, i), cfg.verify, str(model_dir), version)
+        actor_cls.remote(verifier_spec(cfg, i, pointer), cfg.verify, str(model_dir), version)
         for i in range(group.count)
     ]

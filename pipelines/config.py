@@ -180,6 +180,10 @@ class TrainSection:
     gradient_checkpointing: bool = False
     strategy: Literal["ddp", "fsdp2"] = "ddp"
     logit_block_tokens: int = field(default=2048, metadata=_r(1))
+    # a crashed train worker: Ray Train restarts the group from the last checkpoint (taken
+    # every checkpoint_every steps) this many times
+    max_failures: int = field(default=2, metadata=_r(0))
+    checkpoint_every: int = field(default=5, metadata=_r(1))
 
 
 @dataclass
@@ -205,6 +209,9 @@ class ClusterSection:
     # host:port (or ray://host:port) must accept a connection within this many seconds, else
     # one error line instead of Ray's own retries (minutes of warnings)
     connect_timeout_s: float = field(default=15.0, metadata=_r(0.1))
+    # a crashed scorer, verifier, retrieval shard or embedder is restarted this many times (its
+    # calls in flight retried); Ray Train restarts crashed train workers train.max_failures times
+    actor_max_restarts: int = field(default=3, metadata=_r(0))
 
 
 @dataclass

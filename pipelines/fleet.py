@@ -13,6 +13,7 @@ outlives it. Start-up (engines, the entropy kernel's compilation, the embedder) 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,8 @@ class Fleet:
         self.retriever = None  # pipelines.retrieve.Retriever, for methods that retrieve
         self.fillers = FillerPool(index_dir, chunk_tables)
         self.index_dir = index_dir
+        # The policy the actors hold now, for any actor Ray restarts (actors/policy_holder.py).
+        self.pointer = (cfg.run_dir / "fleet_policy.json").resolve()
 
     def start(self, policy_dir: Path, version: int) -> Fleet:
         """Create every worker the method needs, the policy actors holding pi_version."""
@@ -44,8 +47,10 @@ class Fleet:
         from pipelines.retrieve import Retriever
 
         if self.method.screens:
-            self.scorers = create_scorers(self.cfg, policy_dir, version=version)
-            self.verifiers = create_verifiers(self.cfg, policy_dir, version=version)
+            self._point_to(policy_dir, version)
+            pointer = str(self.pointer)
+            self.scorers = create_scorers(self.cfg, policy_dir, version=version, pointer=pointer)
+            self.verifiers = create_verifiers(self.cfg, policy_dir, version, pointer)
             self.transports = transport_groups(self.cfg, self.scorers, self.verifiers)
         if self.method.retrieves:
             self.retriever = Retriever.from_config(self.cfg, self.index_dir)
@@ -65,12 +70,19 @@ class Fleet:
     def broadcast(self, policy_dir: Path, version: int, probe_ids: list[int], tolerance: float):
         """Every scorer and verifier loads pi_version and proves it on the probe against the
         trainer's own entropies (policy_dir/probe.json); the broadcast's record."""
-        import json
-
         from cluster.weight_sync import broadcast
 
         expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
+        self._point_to(policy_dir, version)  # first: an actor restarted mid-send loads it too
         return broadcast(self.transports, policy_dir, version, probe_ids, expected, tolerance)
+
+    def _point_to(self, policy_dir: Path, version: int) -> None:
+        self.pointer.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.pointer.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps({"model_dir": str(Path(policy_dir).resolve()), "version": version})
+        )
+        tmp.replace(self.pointer)
 
     def busy_seconds(self) -> dict[str, float]:
         """Seconds each policy actor has spent working since it started (scorer0, verifier0, ..)."""

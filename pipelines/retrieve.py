@@ -50,6 +50,7 @@ class Retriever:
         shard_threads: int = 1,
         embedder=None,
         embedder_cpus: float = 1.0,
+        restarts: int = 0,
     ):
         self.index_dir = Path(index_dir)
         self.cfg = cfg
@@ -64,16 +65,17 @@ class Retriever:
 
         self.num_shards = len(self.manifest["shards"])
         self.shards = [
-            RetrievalShard.options(num_cpus=cpus_per_shard).remote(
-                str(self.index_dir), s, cfg.nprobe, shard_threads
-            )
+            # A crashed shard or embedder reloads from disk; the searches in flight are retried.
+            RetrievalShard.options(
+                num_cpus=cpus_per_shard, max_restarts=restarts, max_task_retries=restarts
+            ).remote(str(self.index_dir), s, cfg.nprobe, shard_threads)
             for s in range(self.num_shards)
         ]
         self.sizes = self._get([a.ready.remote() for a in self.shards])
         self._owns_embedder = embedder is None  # a shared embedder outlives this client
-        self.embedder = embedder or Embedder.options(num_cpus=embedder_cpus).remote(
-            cfg.embedder, cfg.embed_batch_size, embedder_threads(embedder_cpus)
-        )
+        self.embedder = embedder or Embedder.options(
+            num_cpus=embedder_cpus, max_restarts=restarts, max_task_retries=restarts
+        ).remote(cfg.embedder, cfg.embed_batch_size, embedder_threads(embedder_cpus))
 
     @classmethod
     def from_config(cls, cfg: Config, index_dir: str | Path | None = None) -> Retriever:
@@ -84,6 +86,7 @@ class Retriever:
             r.shard.cpus,
             r.torch_threads_per_actor,
             embedder_cpus=r.embedder.cpus,
+            restarts=cfg.cluster.actor_max_restarts,
         )
 
     @staticmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -45,10 +46,25 @@ class StageTrainSpec:
     train: dict
     threads: int = 1
     poll_s: float = 0.5
-    checkpoint_every: int = 5
     probe_ids: list[int] | None = None  # fixed probe: its entropies prove the broadcast
     lm_head_chunk_tokens: int = 1024  # entropy tiling of the probe (screen.lm_head_*)
     lm_head_vocab_tile: int = 2048
+
+
+class ConstructionFailed(RuntimeError):
+    """The stage's construction failed: no more samples will come (not a training fault)."""
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any: the ranks stop together, none is left
+    waiting in a collective for a rank that has left."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 class SampleStream:
@@ -64,7 +80,7 @@ class SampleStream:
     def _refresh(self) -> bool:
         failure = self.log.failure()
         if failure:  # construction failed: no more samples will come
-            raise RuntimeError(f"construction failed, training stops: {failure}")
+            raise ConstructionFailed(f"construction failed, training stops: {failure}")
         finished = self.log.is_finished()  # read before listing: no commit can be missed
         known = {name for name, _ in self.index}
         for commit in self.log.commits():
@@ -194,6 +210,7 @@ def train_stage_worker(spec_dict: dict) -> None:
         start_step = state["step"]
     ledger = Path(spec.ledger_dir) / f"rank{rank}.jsonl"
     ledger.parent.mkdir(parents=True, exist_ok=True)
+    (ledger.parent / f"rank{rank}.pid").write_text(str(os.getpid()))  # which process is rank r
     _ledger_truncate(ledger, start_step)
     train_log = Path(spec.ledger_dir) / "train_log.jsonl"
     if rank == 0:
@@ -203,7 +220,15 @@ def train_stage_worker(spec_dict: dict) -> None:
     step, loss_value = start_step, float("nan")
     loop_start = time.perf_counter()
     while step < total_steps:
-        available = stream.wait_for((step + 1) * per_step)
+        try:
+            available, failed = stream.wait_for((step + 1) * per_step), False
+        except ConstructionFailed:
+            available, failed = 0, True
+        if _any_rank(failed):
+            # Not a training fault: Ray Train must not restart the group for it (minutes of
+            # retries); the driver reports construction's own error. pi_{k+1} is not written.
+            log.warning("rank %d: construction failed, training stops at step %d", rank, step)
+            return
         if available <= step * per_step:
             break  # construction finished with fewer samples than the budget
         slots = [step * per_step + rank * cfg.batch_size + j for j in range(cfg.batch_size)]
@@ -230,9 +255,9 @@ def train_stage_worker(spec_dict: dict) -> None:
                 lr = opt.param_groups[0]["lr"]
                 f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "t": now}) + "\n")
         step += 1
-        if step % spec.checkpoint_every == 0:
+        if step % cfg.checkpoint_every == 0:
             _report(step, loss_value, policy, opt, rank)
-    if step % spec.checkpoint_every:  # the final position, so a rerun does no new work
+    if step % cfg.checkpoint_every:  # the final position, so a rerun does no new work
         _report(step, loss_value, policy, opt, rank)
     loop_s = time.perf_counter() - loop_start
     busy = {"loop_s": loop_s, "waited_s": stream.waited_s, "busy_s": loop_s - stream.waited_s}
@@ -301,7 +326,7 @@ def train_stage(spec: StageTrainSpec, workers: ActorGroup):
             name=f"stage_{spec.stage}",
             storage_path=str(Path(spec.ledger_dir).parent.resolve() / "ray_train"),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=2),
+            failure_config=FailureConfig(max_failures=TrainSection(**spec.train).max_failures),
         ),
     )
     return trainer.fit()

@@ -1,4 +1,5 @@
-"""A construction killed mid-stage and rerun commits exactly what an uninterrupted one does."""
+"""A construction killed mid-stage and rerun, or one whose actors crash mid-stage, commits
+exactly what an uninterrupted one does."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def stage_ctx(load_test_profile, tiny_world, ray_local):
         def make(stage_dir: Path) -> construct.StageContext:
             return construct.StageContext(cfg, 0, 512, 0, stage_dir, fleet, tok)
 
-        yield make, seed_share(cfg, docs, 0)[:24]
+        yield make, seed_share(cfg, docs, 0)[:24], fleet
 
 
 def _ids(stage_dir: Path) -> list[str]:
@@ -54,15 +55,26 @@ def _ids(stage_dir: Path) -> list[str]:
     return [i for c in log.commits() for i in log.read(c.name)["sample_id"].to_pylist()]
 
 
-def test_killed_and_rerun_stage_commits_the_same_samples(stage_ctx, tmp_path, monkeypatch):
-    """Independent of how many positives pi_0 finds: the budget is never reached, so every batch
-    is built, and the kill comes at the second commit (one batch is durable, the rest is not)."""
-    make, seeds = stage_ctx
-    budget = 10**6
-    clean = make(tmp_path / "clean")
-    construct.construct_stage(clean, seeds, budget)
-    expected = _ids(tmp_path / "clean")
-    assert expected, "pi_0 verified no positive in the seed documents: nothing to resume"
+BUDGET = 10**6  # never reached: every batch is built, whatever number of positives pi_0 finds
+
+
+@pytest.fixture(scope="module")
+def clean_ids(stage_ctx, tmp_path_factory) -> list[str]:
+    """The sample ids of an undisturbed construction."""
+    make, seeds, _ = stage_ctx
+    out = tmp_path_factory.mktemp("clean")
+    construct.construct_stage(make(out), seeds, BUDGET)
+    ids = _ids(out)
+    assert ids, "pi_0 verified no positive in the seed documents: nothing to compare"
+    return ids
+
+
+def test_killed_and_rerun_stage_commits_the_same_samples(
+    stage_ctx, clean_ids, tmp_path, monkeypatch
+):
+    """The kill comes at the second commit (one batch is durable, the rest is not)."""
+    make, seeds, _ = stage_ctx
+    budget, expected = BUDGET, clean_ids
 
     real = construct._commit
     calls = []
@@ -93,3 +105,36 @@ def test_killed_and_rerun_stage_commits_the_same_samples(stage_ctx, tmp_path, mo
     shards = sorted((tmp_path / "killed" / "samples").glob("shard-*.parquet"))
     lengths = [len(x) for f in shards for x in pq.read_table(f)["input_ids"].to_pylist()]
     assert lengths == [512] * len(expected)
+
+
+def test_crashed_actors_are_restarted_and_the_stage_commits_the_same_samples(
+    stage_ctx, clean_ids, tmp_path, monkeypatch
+):
+    """A scorer, a verifier, a retrieval shard and the embedder each crash mid-stage (killed
+    with a restart allowed, as a dying process would be): Ray restarts them, the calls in
+    flight are redone, and the committed samples are an undisturbed run's."""
+    import ray
+
+    make, seeds, fleet = stage_ctx
+    retriever = fleet.retriever
+    victims = {
+        2: [fleet.scorers[0]],
+        4: [fleet.verifiers[0]],
+        6: [retriever.shards[0], retriever.embedder],
+    }
+    all_victims = [a for group in victims.values() for a in group]
+    pids = ray.get([a.pid.remote() for a in all_victims])
+    real, calls = construct._commit, []
+
+    def crash_at_commits(ctx, log, result, room):
+        calls.append(result.name)
+        for actor in victims.get(len(calls), []):
+            ray.kill(actor, no_restart=False)  # the process dies; Ray may restart it
+        return real(ctx, log, result, room)
+
+    monkeypatch.setattr(construct, "_commit", crash_at_commits)
+    construct.construct_stage(make(tmp_path / "crashed"), seeds, BUDGET)
+    assert len(calls) > 6, calls  # every crash happened while batches were still in flight
+    assert _ids(tmp_path / "crashed") == clean_ids
+    after = ray.get([a.pid.remote() for a in all_victims])
+    assert all(a != b for a, b in zip(pids, after, strict=True)), (pids, after)

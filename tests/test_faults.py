@@ -41,3 +41,36 @@ def test_a_step_that_raises_fails_the_run_in_one_line_and_a_rerun_resumes(
     result = run_policylong(cfg)  # the same command, the fault gone: the stage completes
     assert result["new_work"] and (stage_dir(cfg, 0) / "stage_manifest.json").is_file()
     assert not (samples / "failed.json").exists()
+
+
+def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
+    one_stage_compare, tiny_world, ray_local
+):
+    """After a broadcast of pi_1, a scorer whose process dies is restarted by Ray with its
+    first constructor arguments (pi_0); it must still come back holding pi_1, proven with
+    the trainer's probe before it takes work."""
+    import ray
+
+    from pipelines.build_index import build_index, cached_index_dir
+    from pipelines.compare import method_config
+    from pipelines.fleet import Fleet
+    from pipelines.methods import method_spec
+
+    cfg = method_config(one_stage_compare[0], "policylong", 0)
+    pi_1 = (stage_dir(cfg, 0) / "model").resolve()
+    probe = json.loads((pi_1 / "probe.json").read_text())
+    index_dir = cached_index_dir(cfg, tiny_world.corpus_dir, tiny_world.model_dir)
+    index = build_index(index_dir, tiny_world.corpus_dir, tiny_world.model_dir, cfg.index)
+    with Fleet(
+        cfg, method_spec("policylong"), index.index_dir, index.manifest["chunk_tables"]
+    ) as fleet:
+        fleet.start(tiny_world.model_dir, 0)
+        fleet.broadcast(pi_1, 1, probe["probe_ids"], cfg.stages.probe_tolerance)
+        scorer = fleet.scorers[0]
+        before = ray.get(scorer.pid.remote())
+        ray.kill(scorer, no_restart=False)  # the process dies; Ray restarts it
+        assert ray.get(scorer.policy_version.remote()) == 1
+        assert ray.get(scorer.pid.remote()) != before
+        got = ray.get(scorer.probe_entropy.remote(probe["probe_ids"]))
+        assert max(abs(a - b) for a, b in zip(got, probe["entropies"], strict=True)) <= 1e-4
+        assert ray.get(scorer.prove_policy.remote()) <= cfg.stages.probe_tolerance

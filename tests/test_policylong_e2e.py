@@ -1,8 +1,16 @@
-"""PolicyLong end to end: two tiny stages on local Ray with real actors, Ray Train and FAISS."""
+"""PolicyLong end to end: two tiny stages on local Ray with real actors, Ray Train and FAISS.
+
+The run is disturbed the way a preemptible cluster disturbs it: a train worker's process is
+killed (SIGKILL) mid-stage. Ray Train restarts the group from the last checkpoint, and every
+claim below must still hold."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -26,10 +34,39 @@ E2E_OVERRIDES = [
 ]
 
 
+KILL_AT_STEP = 6  # stage 0 trains 12 steps, with a checkpoint every 5
+
+
+def _kill_train_worker_mid_stage(train_dir: Path, done: threading.Event, killed: list) -> None:
+    """Once rank 0 has logged step KILL_AT_STEP, kill rank 1's process."""
+    log = train_dir / "train_log.jsonl"
+    while not done.is_set():
+        steps = (
+            [json.loads(x)["step"] for x in log.read_text().splitlines()] if log.exists() else []
+        )
+        pid_file = train_dir / "rank1.pid"
+        if steps and max(steps) >= KILL_AT_STEP and pid_file.exists():
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def e2e(load_test_profile, tiny_world, ray_local):
     cfg = load_test_profile(*E2E_OVERRIDES)
-    return cfg, run_policylong(cfg)
+    done, killed = threading.Event(), []
+    killer = threading.Thread(
+        target=_kill_train_worker_mid_stage, args=(stage_dir(cfg, 0) / "train", done, killed)
+    )
+    killer.start()
+    try:
+        result = run_policylong(cfg)
+    finally:
+        done.set()
+        killer.join()
+    return cfg, result | {"killed_train_worker": killed}
 
 
 def _ledger(cfg, k: int) -> list[dict]:
@@ -56,6 +93,15 @@ def test_every_logged_sample_is_trained_exactly_once(e2e):
         assert logged, f"stage {k} committed no sample"
         assert sorted(trained) == sorted(logged)
         assert len(set(trained)) == len(trained)
+
+
+def test_a_killed_train_worker_is_replaced_and_resumes_from_the_checkpoint(e2e):
+    cfg, result = e2e
+    [killed] = result["killed_train_worker"]  # the kill happened mid-stage
+    train = stage_dir(cfg, 0) / "train"
+    assert int((train / "rank1.pid").read_text()) != killed  # a new process took rank 1
+    steps = [json.loads(x)["step"] for x in (train / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(12))  # each step once in the log: redone steps replaced
 
 
 def test_training_consumed_samples_before_construction_finished(e2e):

@@ -5,6 +5,7 @@ naming the stage, the step and the cause; nothing half-done looks complete; a re
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from one_stage import ONE_STAGE
@@ -74,3 +75,62 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
         got = ray.get(scorer.probe_entropy.remote(probe["probe_ids"]))
         assert max(abs(a - b) for a, b in zip(got, probe["entropies"], strict=True)) <= 1e-4
         assert ray.get(scorer.prove_policy.remote()) <= cfg.stages.probe_tolerance
+
+
+def _stage_ids(cfg) -> list[str]:
+    import pyarrow.parquet as pq
+
+    files = sorted((stage_dir(cfg, 0) / "samples").glob("shard-*.parquet"))
+    return [i for f in files for i in pq.read_table(f, columns=["sample_id"])["sample_id"]]
+
+
+@pytest.mark.timeout(900)
+def test_a_driver_killed_mid_stage_and_rerun_commits_what_an_undisturbed_run_did(
+    one_stage_compare, tmp_path, ray_local
+):
+    """`policylong run` as a user starts it (a process of its own, here joined to the test's
+    Ray), killed with SIGKILL once the stage has committed samples; the same command rerun
+    completes, and its samples are those of the compare's undisturbed run of the same config."""
+    import dataclasses
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from pipelines.compare import method_config
+
+    undisturbed = method_config(one_stage_compare[0], "entropylong", 0)
+    run = dataclasses.replace(undisturbed.run, output_dir=str(tmp_path), name="killed")
+    address = ray_local.get_runtime_context().gcs_address
+    cluster = dataclasses.replace(undisturbed.cluster, address=address)
+    cfg = dataclasses.replace(undisturbed, run=run, cluster=cluster)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "run",
+        "--config",
+        str(tmp_path / "config.yaml"),
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    samples = stage_dir(cfg, 0) / "samples"
+
+    driver = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not list(samples.glob("*.done")) and driver.poll() is None:
+        assert time.monotonic() < deadline, "the driver committed nothing in 10 minutes"
+        time.sleep(0.2)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL  # killed, not finished on its own
+    assert not (stage_dir(cfg, 0) / "stage_manifest.json").exists()  # mid-stage
+
+    rerun = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (stage_dir(cfg, 0) / "stage_manifest.json").is_file()
+    expected = _stage_ids(undisturbed)
+    assert expected and _stage_ids(cfg) == expected

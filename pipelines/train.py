@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipelines.config import ActorGroup, TrainSection
 from pipelines.sample_log import SampleLog
+from pipelines.train_strategy import make_strategy
 
 log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -161,18 +162,6 @@ def load_policy(model_dir: str, rope_theta: float, seq_len: int):
     return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
 
 
-def _wrap(module: torch.nn.Module, strategy: str) -> torch.nn.Module:
-    import ray.train.torch
-
-    if strategy == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in module.model.model.layers:
-            fully_shard(layer)
-        return fully_shard(module)
-    return ray.train.torch.prepare_model(module)
-
-
 def _ledger_truncate(path: Path, from_step: int) -> None:
     """On resume, forget ledger lines of steps that will be redone."""
     if path.exists():
@@ -183,6 +172,7 @@ def _ledger_truncate(path: Path, from_step: int) -> None:
 def train_stage_worker(spec_dict: dict) -> None:
     """The Ray Train worker loop for one stage."""
     import ray.train
+    import ray.train.torch
 
     spec = StageTrainSpec(**spec_dict)
     cfg = TrainSection(**spec.train)
@@ -190,35 +180,67 @@ def train_stage_worker(spec_dict: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.stage)
+    device = ray.train.torch.get_device()
+    strategy = make_strategy(cfg.strategy, rank, device)
 
     policy = load_policy(spec.init_model_dir, spec.rope_theta, spec.seq_len)
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing:  # per decoder layer: only layer inputs are kept
         policy.gradient_checkpointing_enable()
-    model = _wrap(BlockedCausalLM(policy, cfg.logit_block_tokens), cfg.strategy)
+    model = strategy.wrap(BlockedCausalLM(policy, cfg.logit_block_tokens))
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
     )
-    per_step = world * cfg.batch_size
-    total_steps = max(1, math.ceil(spec.budget_samples / per_step))
     start_step = 0
     resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as d:
-            state = torch.load(Path(d) / "state.pt", weights_only=False)
-        policy.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_step = state["step"]
-    ledger = Path(spec.ledger_dir) / f"rank{rank}.jsonl"
-    ledger.parent.mkdir(parents=True, exist_ok=True)
-    (ledger.parent / f"rank{rank}.pid").write_text(str(os.getpid()))  # which process is rank r
-    _ledger_truncate(ledger, start_step)
-    train_log = Path(spec.ledger_dir) / "train_log.jsonl"
-    if rank == 0:
-        _ledger_truncate(train_log, start_step)
-
+            start_step = strategy.load_checkpoint(model, opt, Path(d))
+    ledgers = Ledgers(Path(spec.ledger_dir), rank, start_step)
     stream = SampleStream(Path(spec.sample_log_dir), spec.budget_samples, spec.poll_s)
-    step, loss_value = start_step, float("nan")
     loop_start = time.perf_counter()
+    step = _train_loop(spec, cfg, model, opt, strategy, stream, ledgers, start_step, world, device)
+    if step is None:
+        return  # construction failed: the driver reports its cause; no pi_{k+1}
+    loop_s = time.perf_counter() - loop_start
+    busy = {"loop_s": loop_s, "waited_s": stream.waited_s, "busy_s": loop_s - stream.waited_s}
+    (Path(spec.ledger_dir) / f"rank{rank}_busy.json").write_text(json.dumps(busy))
+    full = strategy.full_state_dict(model)  # every rank takes part; rank 0 gets the weights
+    if rank == 0:
+        policy_out = policy if cfg.strategy == "ddp" else _plain_copy(policy, full)
+        _save_hf(policy_out, spec)
+
+
+class Ledgers:
+    """This rank's ledger (every sample it trained, at which step) and rank 0's train log
+    (loss and lr per step); on resume, the lines of steps that will be redone are dropped."""
+
+    def __init__(self, root: Path, rank: int, start_step: int):
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"rank{rank}.pid").write_text(str(os.getpid()))  # which process is rank r
+        self.rank = rank
+        self.samples = root / f"rank{rank}.jsonl"
+        self.train_log = root / "train_log.jsonl"
+        _ledger_truncate(self.samples, start_step)
+        if rank == 0:
+            _ledger_truncate(self.train_log, start_step)
+
+    def record(self, step: int, positions: list[int], rows: list[dict], loss: float, lr: float):
+        now = time.time()
+        with self.samples.open("a") as f:
+            for p, r in zip(positions, rows, strict=False):
+                f.write(json.dumps({"step": step, "pos": p, "sample_id": r["sample_id"], "t": now}))
+                f.write("\n")
+        if self.rank == 0:
+            with self.train_log.open("a") as f:
+                f.write(json.dumps({"step": step, "loss": loss, "lr": lr, "t": now}) + "\n")
+
+
+def _train_loop(spec, cfg, model, opt, strategy, stream, ledgers, step, world, device):
+    """Train every committed sample once, from `step`; the final step, or None when
+    construction failed."""
+    per_step = world * cfg.batch_size
+    total_steps = max(1, math.ceil(spec.budget_samples / per_step))
+    loss_value = float("nan")
     while step < total_steps:
         try:
             available, failed = stream.wait_for((step + 1) * per_step), False
@@ -227,11 +249,13 @@ def train_stage_worker(spec_dict: dict) -> None:
         if _any_rank(failed):
             # Not a training fault: Ray Train must not restart the group for it (minutes of
             # retries); the driver reports construction's own error. pi_{k+1} is not written.
-            log.warning("rank %d: construction failed, training stops at step %d", rank, step)
-            return
+            log.warning(
+                "rank %d: construction failed, training stops at step %d", ledgers.rank, step
+            )
+            return None
         if available <= step * per_step:
             break  # construction finished with fewer samples than the budget
-        slots = [step * per_step + rank * cfg.batch_size + j for j in range(cfg.batch_size)]
+        slots = [step * per_step + ledgers.rank * cfg.batch_size + j for j in range(cfg.batch_size)]
         real = [p for p in slots if p < available]
         rows = [stream.get(p) for p in (real or [step * per_step])]  # zero-weight stand-in
         rows += [rows[0]] * (cfg.batch_size - len(rows))
@@ -239,44 +263,41 @@ def train_stage_worker(spec_dict: dict) -> None:
         input_ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, total_steps, cfg)
-        loss = model(input_ids, weight)
+        loss = model(input_ids.to(device), weight.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         loss_value = loss.item()
-        now = time.time()
-        with ledger.open("a") as f:
-            for p, r in zip(real, rows, strict=False):
-                f.write(json.dumps({"step": step, "pos": p, "sample_id": r["sample_id"], "t": now}))
-                f.write("\n")
-        if rank == 0:
-            with train_log.open("a") as f:
-                lr = opt.param_groups[0]["lr"]
-                f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "t": now}) + "\n")
+        ledgers.record(step, real, rows, loss_value, opt.param_groups[0]["lr"])
         step += 1
         if step % cfg.checkpoint_every == 0:
-            _report(step, loss_value, policy, opt, rank)
+            _report(step, loss_value, model, opt, strategy)
     if step % cfg.checkpoint_every:  # the final position, so a rerun does no new work
-        _report(step, loss_value, policy, opt, rank)
-    loop_s = time.perf_counter() - loop_start
-    busy = {"loop_s": loop_s, "waited_s": stream.waited_s, "busy_s": loop_s - stream.waited_s}
-    (Path(spec.ledger_dir) / f"rank{rank}_busy.json").write_text(json.dumps(busy))
-    if rank == 0:
-        _save_hf(policy, spec)
+        _report(step, loss_value, model, opt, strategy)
+    return step
 
 
-def _report(step: int, loss: float, policy, opt, rank: int) -> None:
+def _report(step: int, loss: float, model, opt, strategy) -> None:
+    """A resume checkpoint: each rank hands Ray Train its part (DDP: rank 0's state.pt; FSDP2:
+    every rank's DCP shard), which Ray Train gathers into one checkpoint directory."""
     import ray.train
 
     metrics = {"step": step, "loss": loss}
-    if rank != 0:
-        ray.train.report(metrics)
-        return
     with tempfile.TemporaryDirectory() as d:
-        state = {"model": policy.state_dict(), "optimizer": opt.state_dict(), "step": step}
-        torch.save(state, Path(d) / "state.pt")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if strategy.save_checkpoint(model, opt, step, Path(d)):
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+def _plain_copy(policy, state_dict: dict):
+    """An unsharded fp32 copy of the policy holding `state_dict`: what HF saves and probes."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(policy.config, dtype=torch.float32)
+    plain.load_state_dict(state_dict)
+    return plain
 
 
 def _save_hf(policy, spec: StageTrainSpec) -> None:
@@ -302,7 +323,8 @@ def probe_entropies(policy, probe_ids: list[int], tiling: tuple[int, int]) -> di
     from pipelines.entropy import token_entropies
 
     policy.eval()
-    hidden = policy.model(input_ids=torch.tensor([probe_ids])).last_hidden_state[0]
+    ids = torch.tensor([probe_ids], device=next(policy.parameters()).device)
+    hidden = policy.model(input_ids=ids).last_hidden_state[0]
     # Eager: compiling for one short probe costs seconds at the end of every stage.
     ent = token_entropies(hidden, policy.lm_head.weight, *tiling, compiled=False)[1:]
     return {"probe_ids": probe_ids, "entropies": ent.tolist()}

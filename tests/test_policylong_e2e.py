@@ -7,14 +7,11 @@ claim below must still hold."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from fault_injection import train_worker_killed_at_step
 
 from pipelines.policylong import run_policylong, stage_dir
 
@@ -37,35 +34,11 @@ E2E_OVERRIDES = [
 KILL_AT_STEP = 6  # stage 0 trains 12 steps, with a checkpoint every 5
 
 
-def _kill_train_worker_mid_stage(train_dir: Path, done: threading.Event, killed: list) -> None:
-    """Once rank 0 has logged step KILL_AT_STEP, kill rank 1's process."""
-    log = train_dir / "train_log.jsonl"
-    while not done.is_set():
-        steps = (
-            [json.loads(x)["step"] for x in log.read_text().splitlines()] if log.exists() else []
-        )
-        pid_file = train_dir / "rank1.pid"
-        if steps and max(steps) >= KILL_AT_STEP and pid_file.exists():
-            pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-            return
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def e2e(load_test_profile, tiny_world, ray_local):
     cfg = load_test_profile(*E2E_OVERRIDES)
-    done, killed = threading.Event(), []
-    killer = threading.Thread(
-        target=_kill_train_worker_mid_stage, args=(stage_dir(cfg, 0) / "train", done, killed)
-    )
-    killer.start()
-    try:
+    with train_worker_killed_at_step(stage_dir(cfg, 0) / "train", KILL_AT_STEP) as killed:
         result = run_policylong(cfg)
-    finally:
-        done.set()
-        killer.join()
     return cfg, result | {"killed_train_worker": killed}
 
 

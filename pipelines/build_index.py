@@ -74,7 +74,10 @@ class IndexBuild:
 
 
 def build_config(cfg: IndexSection) -> dict:
-    return {k: getattr(cfg, k) for k in BUILD_KEYS}
+    config = {k: getattr(cfg, k) for k in BUILD_KEYS}
+    if cfg.pq_bytes:  # only when set: indexes built before the key existed keep their key
+        config["pq_bytes"] = cfg.pq_bytes
+    return config
 
 
 def build_key(doc_ids: list[str], tokenizer_dir: Path, cfg: IndexSection) -> str:
@@ -88,7 +91,8 @@ def build_key(doc_ids: list[str], tokenizer_dir: Path, cfg: IndexSection) -> str
 
 
 def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
-    """Exact inner-product search for small shards, IVF-Flat (trained quantizer) above."""
+    """Exact inner-product search for small shards, IVF-Flat (trained quantizer) above, or
+    IVF-PQ (index.pq_bytes bytes per vector) for pools too large to hold as floats."""
     import faiss
 
     n, dim = vectors.shape
@@ -97,7 +101,12 @@ def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
         index.add(vectors)
         return index, {"index_type": "flat"}
     nlist = max(1, min(cfg.ivf_nlist, n // cfg.ivf_min_points_per_list))
-    index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    if cfg.pq_bytes and dim % cfg.pq_bytes:
+        raise UserError(
+            f"index.pq_bytes = {cfg.pq_bytes} must divide the embedding dimension {dim}"
+        )
+    codes = f"PQ{cfg.pq_bytes}x8" if cfg.pq_bytes else "Flat"
+    index = faiss.index_factory(dim, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
     index.cp.spherical = True  # unit-norm centroids: assignment by inner product is then fair
     index.cp.seed = seed
     train = vectors
@@ -106,6 +115,8 @@ def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
         train = vectors[np.sort(rows)]
     index.train(train)
     index.add(vectors)
+    if cfg.pq_bytes:
+        return index, {"index_type": "ivf_pq", "nlist": nlist, "pq_bytes": cfg.pq_bytes}
     return index, {"index_type": "ivf", "nlist": nlist}
 
 

@@ -61,6 +61,18 @@ def cmd_screen(cfg: Config, args: argparse.Namespace) -> None:
     screen(cfg, args)
 
 
+def cmd_plan(cfg: Config, args: argparse.Namespace) -> None:
+    from pipelines.plan import cmd_plan as plan
+
+    plan(cfg, args)
+
+
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
+    from pipelines.plan import plan_arguments
+
+    plan_arguments(p)
+
+
 def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
     from pipelines.report import write_report
 
@@ -209,6 +221,11 @@ COMMANDS = {
         "turn a GGUF model file into an HF model directory (float32, cached under "
         "run.cache_dir); use it as model.path",
     ),
+    "plan": (
+        cmd_plan,
+        "start nothing: print where each role's actors go, whether they fit, and the work and "
+        "GPU-hours per stage from a FLOP model of the method (pipelines/plan.py)",
+    ),
     "report": (cmd_report, "rewrite a run's stage summaries, plots and report.md"),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
     "show-config": (cmd_show_config, "print the fully resolved config"),
@@ -287,6 +304,7 @@ ARGUMENTS = {  # subcommand-specific flags
     "probe": _probe_arguments,
     "eval": _eval_arguments,
     "compare": _compare_arguments,
+    "plan": _plan_arguments,
 }
 
 
@@ -340,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         cfg = load_config(args.config, args.overrides)
-        if args.command != "show-config":
+        if args.command not in ("show-config", "plan"):  # these two write nothing
             _check_writable(cfg)
         args.fn(cfg, args)
     except UserError as e:

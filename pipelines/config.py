@@ -121,6 +121,9 @@ class IndexSection:
     ivf_nlist: int = field(default=1024, metadata=_r(1))
     ivf_min_points_per_list: int = field(default=39, metadata=_r(1))  # caps nlist on small shards
     ivf_train_max_vectors: int = field(default=200_000, metadata=_r(1))  # k-means sample size
+    # Pools too large for IVF-Flat (4 bytes per dimension per vector): > 0 = IVF-PQ with this
+    # many bytes per vector (8-bit codes; must divide the embedding's dimension, 384 for MiniLM)
+    pq_bytes: int = field(default=0, metadata=_r(0))
     nprobe: int = field(default=64, metadata=_r(1))  # bench/retrieval.py: recall@10 0.97
     top_k: int = field(default=8, metadata=_r(1, 1024))
     exclude_margin: int = field(default=16, metadata=_r(0))  # extra hits asked per shard

@@ -1,4 +1,4 @@
-"""Retrieval benchmark: IVF vs exact flat search on one shard, side by side, in one run.
+"""Retrieval benchmark: IVF-Flat and IVF-PQ vs exact flat search on one shard, side by side.
 
 Builds both indexes with the code the pipeline uses (pipelines.build_index.make_faiss_index) over
 random unit vectors shaped like sentence embeddings (see EmbeddingLikeVectors), runs
@@ -75,6 +75,16 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     return hits / exact.size
 
 
+def _bytes_per_vector(index, n: int) -> float:
+    """What each stored vector costs: the serialized index minus its trained, empty copy."""
+    import faiss
+
+    empty = faiss.clone_index(index)
+    empty.reset()
+    full, fixed = len(faiss.serialize_index(index)), len(faiss.serialize_index(empty))
+    return round((full - fixed) / n, 1)
+
+
 def main() -> None:
     d = IndexSection()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -91,6 +101,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="FAISS threads (a shard actor uses 1)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--pq-bytes",
+        type=int,
+        default=48,
+        help="also build IVF-PQ with this many code bytes per vector (0: skip; index.pq_bytes)",
+    )
     args = p.parse_args()
 
     import faiss
@@ -111,9 +127,17 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     ivf.nprobe = args.nprobe
 
-    (qps_flat, qps_ivf), (exact, approx) = timed_search(
-        [flat, ivf], queries, args.k, args.batch, args.repeats
-    )
+    indexes = [flat, ivf]
+    if args.pq_bytes:
+        faiss.omp_set_num_threads(all_cores)
+        start = time.perf_counter()
+        pq, _ = make_faiss_index(base, replace(ivf_cfg, pq_bytes=args.pq_bytes), args.seed)
+        pq_build_s = time.perf_counter() - start
+        faiss.omp_set_num_threads(args.threads)
+        pq.nprobe = args.nprobe
+        indexes.append(pq)
+    qps, found = timed_search(indexes, queries, args.k, args.batch, args.repeats)
+    (qps_flat, qps_ivf), (exact, approx) = qps[:2], found[:2]
     top10_cos = float(flat.search(queries[:200], 10)[0][:, -1].mean())
     result = {
         "n_vectors": args.n_vectors,
@@ -133,7 +157,18 @@ def main() -> None:
         "qps_ratio": round(qps_ivf / qps_flat, 2),
         "build_s": round(build_s, 2),
         "flat_build_s": round(flat_build_s, 3),
+        "bytes_per_vector_flat": _bytes_per_vector(flat, args.n_vectors),
+        "bytes_per_vector_ivf": _bytes_per_vector(ivf, args.n_vectors),
     }
+    if args.pq_bytes:
+        result |= {
+            "pq_bytes": args.pq_bytes,
+            f"recall_at_{args.k}_ivf_pq_vs_flat": round(recall_at_k(found[2], exact), 4),
+            "qps_ivf_pq": round(qps[2], 1),
+            "qps_ratio_ivf_pq": round(qps[2] / qps_flat, 2),
+            "bytes_per_vector_ivf_pq": _bytes_per_vector(indexes[2], args.n_vectors),
+            "pq_build_s": round(pq_build_s, 2),
+        }
     print(json.dumps(result))
 
 

@@ -165,7 +165,7 @@ def _cost_section(results, methods) -> list[str]:
             + ", ".join(f"{k} {v:+.1f}" for k, v in diff.items())
             + ". Both screen and verify every stage; PolicyLong adds the broadcast of pi_k and "
             "screens with a different policy, so a difference in verify time reflects how many "
-            "candidates its screening found. No actor restarted (none is restartable yet).",
+            "candidates its screening found.",
             "",
         ]
     return lines

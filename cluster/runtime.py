@@ -56,10 +56,12 @@ def init_ray(cfg: ClusterSection) -> None:
         check_reachable(address, cfg.connect_timeout_s)
     local = {"runtime_env": {"worker_process_setup_hook": quiet_worker_logs}} if not address else {}
     if not address:
-        # A new local Ray turns token authentication on when the mode is unset, and says so in
-        # a warning that opens every command. Asking for the same mode explicitly keeps it on
-        # and silent; a user's own RAY_AUTH_MODE wins. (A joined cluster's mode is its own.)
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        # A new local Ray turns token authentication on (the default when RAY_AUTH_MODE is
+        # unset) and says so in a warning that opens every command. Authentication stays on;
+        # only the notice goes. (RAY_AUTH_MODE cannot be set here: Ray reads it at import.)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
     ray.init(
         address=address,
         include_dashboard=False,

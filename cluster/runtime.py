@@ -75,6 +75,8 @@ def init_ray(cfg: ClusterSection) -> None:
     # Our own tqdm bars report progress; Ray Data's per-dataset tables would drown the log.
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # ... and it would say so at WARNING in every run ("Progress bars disabled. To enable...").
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     log.info("ray: %s, resources %s", address or "local", ray.cluster_resources())
 
 

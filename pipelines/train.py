@@ -333,7 +333,13 @@ def probe_entropies(policy, probe_ids: list[int], tiling: tuple[int, int]) -> di
 def train_stage(spec: StageTrainSpec, workers: ActorGroup):
     """Run one stage's TorchTrainer on `workers` (resources.trainer); rerunning with the same
     name resumes from its checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     gpus = workers.gpus
@@ -349,6 +355,9 @@ def train_stage(spec: StageTrainSpec, workers: ActorGroup):
             storage_path=str(Path(spec.ledger_dir).parent.resolve() / "ray_train"),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=TrainSection(**spec.train).max_failures),
+            # Ray Train narrates every report and checkpoint at INFO; the stage log says what
+            # matters (warnings and errors still show).
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
     return trainer.fit()

@@ -117,10 +117,11 @@ def test_crashed_actors_are_restarted_and_the_stage_commits_the_same_samples(
 
     make, seeds, fleet = stage_ctx
     retriever = fleet.retriever
+    # At commit c, batches c+1 and c+2 are in flight (stages.batches_in_flight=2).
     victims = {
-        2: [fleet.scorers[0]],
-        4: [fleet.verifiers[0]],
-        6: [retriever.shards[0], retriever.embedder],
+        1: [fleet.scorers[0]],
+        2: [fleet.verifiers[0]],
+        3: [retriever.shards[0], retriever.embedder],
     }
     all_victims = [a for group in victims.values() for a in group]
     pids = ray.get([a.pid.remote() for a in all_victims])
@@ -134,7 +135,7 @@ def test_crashed_actors_are_restarted_and_the_stage_commits_the_same_samples(
 
     monkeypatch.setattr(construct, "_commit", crash_at_commits)
     construct.construct_stage(make(tmp_path / "crashed"), seeds, BUDGET)
-    assert len(calls) > 6, calls  # every crash happened while batches were still in flight
+    assert len(calls) >= 5, calls  # every crash happened while batches were still in flight
     assert _ids(tmp_path / "crashed") == clean_ids
     after = ray.get([a.pid.remote() for a in all_victims])
     assert all(a != b for a, b in zip(pids, after, strict=True)), (pids, after)

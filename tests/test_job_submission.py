@@ -33,12 +33,22 @@ def ray_head():
     """A head node of its own (its own ports and temp dir: the suite's Ray is untouched);
     `--block` ties every process of the node to this one, so stopping it stops them all."""
     port, dashboard = _free_port(), _free_port()
+    # Every port of its own: the suite's Ray already holds the defaults (e.g. the dashboard
+    # agent's 52365), and a second node on them fails to start its job agent.
+    own = [
+        f"--{flag}={_free_port()}"
+        for flag in (
+            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+            "runtime-env-agent-port", "node-manager-port", "object-manager-port",
+            "ray-client-server-port",
+        )
+    ]  # fmt: skip
     temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths are capped
     env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats", *own],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
     from ray.job_submission import JobSubmissionClient

@@ -16,9 +16,9 @@ from pipelines.policylong import run_policylong, stage_dir
 
 pytestmark = pytest.mark.slow
 SAMPLES, STEPS = 24, 12  # 2 workers x batch 1; checkpoints every 5 steps
-# Measured on this 2-core machine: largest per-step loss difference FSDP2 vs DDP 0.0 to 2e-6
-# (float32; the reductions differ only in order); 1e-3 is far from both that and a real bug
-# (a wrong shard or a skipped step moves the loss by > 0.05).
+# Measured on a 2-core machine: the largest per-step loss difference FSDP2 vs DDP was 0.0 (float32,
+# two ranks: bit-identical, the kill and DCP resume included). 1e-3 leaves room for other CPUs'
+# reduction orders and is far below what a wrong shard or a skipped step does (> 0.05).
 LOSS_TOLERANCE = 1e-3
 
 
@@ -74,7 +74,7 @@ def test_fsdp2_losses_match_ddp_on_the_same_samples(ddp_stage, fsdp2_stage):
     assert [r["step"] for r in fsdp] == [r["step"] for r in ddp] == list(range(STEPS))
     diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(fsdp, ddp, strict=True)]
     assert max(diffs) <= LOSS_TOLERANCE, diffs
-    assert ddp[0]["loss"] - ddp[-1]["loss"] > 0.05  # it trained: the claim is not vacuous
+    assert len({round(r["loss"], 3) for r in ddp}) > STEPS // 2  # distinct per step: not vacuous
 
 
 def test_a_killed_fsdp2_worker_resumes_from_dcp_and_trains_every_sample_once(
@@ -96,7 +96,7 @@ def test_a_killed_fsdp2_worker_resumes_from_dcp_and_trains_every_sample_once(
     assert len(set(trained)) == len(trained) == SAMPLES
 
 
-def test_saved_fsdp2_model_is_the_gathered_full_model(fsdp2_stage):
+def test_saved_fsdp2_model_is_the_gathered_full_model(fsdp2_stage, tiny_world):
     """The HF checkpoint equals the final DCP checkpoint (every rank's shard) weight by weight,
     and loads with from_pretrained."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -113,4 +113,7 @@ def test_saved_fsdp2_model_is_the_gathered_full_model(fsdp2_stage):
         (saved[k.removeprefix("model.")] - v).abs().max().item() for k, v in sharded.items()
     )
     assert worst <= 1e-6, worst
+    initial = AutoModelForCausalLM.from_pretrained(str(tiny_world.model_dir)).state_dict()
+    moved = max((saved[k] - initial[k]).abs().max().item() for k in saved)
+    assert moved > 1e-3, moved  # it trained: the equality above is not with the base
     assert (out / "model" / "probe.json").is_file()  # probed on the full model, rank 0 alone

@@ -81,10 +81,15 @@ def test_a_killed_train_worker_is_replaced_and_resumes_from_the_checkpoint(e2e):
 
 
 def test_training_consumed_samples_before_construction_finished(e2e):
+    """Streaming: a trainer step ran before construction was done. Stage 0 of this profile
+    verifies ~13 samples in 96 documents, and where its second sample falls (the first step
+    needs two) decides whether the overlap shows there; so the claim is on either stage."""
     cfg, _ = e2e
-    finished = json.loads((stage_dir(cfg, 0) / "samples" / "manifest.json").read_text())
-    first_trained = min(r["t"] for r in _ledger(cfg, 0))
-    assert first_trained < finished["finished_at"]
+    overlapped = []
+    for k in range(2):
+        finished = json.loads((stage_dir(cfg, k) / "samples" / "manifest.json").read_text())
+        overlapped.append(min(r["t"] for r in _ledger(cfg, k)) < finished["finished_at"])
+    assert any(overlapped), overlapped
 
 
 def test_stage_two_actors_hold_the_stage_one_checkpoint(e2e):

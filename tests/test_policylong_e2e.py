@@ -32,13 +32,15 @@ E2E_OVERRIDES = [
 ]
 
 
-KILL_AT_STEP = 3  # stage 0 trains ~7 steps (about 13 samples verified), a checkpoint every 2
+# Stage 1 trains ~6 steps (about 12 samples verified), a checkpoint every 2. (Stage 0 stays
+# undisturbed: a restart rewrites the ledger's times, and stage 0 shows the streaming overlap.)
+KILL_STAGE, KILL_AT_STEP = 1, 3
 
 
 @pytest.fixture(scope="module")
 def e2e(load_test_profile, tiny_world, ray_local):
     cfg = load_test_profile(*E2E_OVERRIDES)
-    with train_worker_killed_at_step(stage_dir(cfg, 0) / "train", KILL_AT_STEP) as killed:
+    with train_worker_killed_at_step(stage_dir(cfg, KILL_STAGE) / "train", KILL_AT_STEP) as killed:
         result = run_policylong(cfg)
     return cfg, result | {"killed_train_worker": killed}
 
@@ -72,24 +74,20 @@ def test_every_logged_sample_is_trained_exactly_once(e2e):
 def test_a_killed_train_worker_is_replaced_and_resumes_from_the_checkpoint(e2e):
     cfg, result = e2e
     [killed] = result["killed_train_worker"]  # the kill happened mid-stage
-    train = stage_dir(cfg, 0) / "train"
+    train = stage_dir(cfg, KILL_STAGE) / "train"
     assert int((train / "rank1.pid").read_text()) != killed  # a new process took rank 1
     steps = [json.loads(x)["step"] for x in (train / "train_log.jsonl").read_text().splitlines()]
-    samples = json.loads((stage_dir(cfg, 0) / "samples" / "manifest.json").read_text())["samples"]
+    manifest = stage_dir(cfg, KILL_STAGE) / "samples" / "manifest.json"
+    samples = json.loads(manifest.read_text())["samples"]
     assert steps == list(range(-(-samples // 2)))  # each step once: redone steps replaced
     assert len(steps) > KILL_AT_STEP + 1  # the kill came mid-stage, with steps still to do
 
 
 def test_training_consumed_samples_before_construction_finished(e2e):
-    """Streaming: a trainer step ran before construction was done. Stage 0 of this profile
-    verifies ~13 samples in 96 documents, and where its second sample falls (the first step
-    needs two) decides whether the overlap shows there; so the claim is on either stage."""
-    cfg, _ = e2e
-    overlapped = []
-    for k in range(2):
-        finished = json.loads((stage_dir(cfg, k) / "samples" / "manifest.json").read_text())
-        overlapped.append(min(r["t"] for r in _ledger(cfg, k)) < finished["finished_at"])
-    assert any(overlapped), overlapped
+    cfg, _ = e2e  # stage 0 is not disturbed: its ledger keeps the first steps' times
+    finished = json.loads((stage_dir(cfg, 0) / "samples" / "manifest.json").read_text())
+    first_trained = min(r["t"] for r in _ledger(cfg, 0))
+    assert first_trained < finished["finished_at"]
 
 
 def test_stage_two_actors_hold_the_stage_one_checkpoint(e2e):

@@ -50,6 +50,8 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
     """After a broadcast of pi_1, a scorer whose process dies is restarted by Ray with its
     first constructor arguments (pi_0); it must still come back holding pi_1, proven with
     the trainer's probe before it takes work."""
+    import time
+
     import ray
 
     from pipelines.build_index import build_index, cached_index_dir
@@ -70,8 +72,12 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
         scorer = fleet.scorers[0]
         before = ray.get(scorer.pid.remote())
         ray.kill(scorer, no_restart=False)  # the process dies; Ray restarts it
+        # ray.kill is asynchronous: calls may still reach the old process; wait for the new one
+        deadline = time.monotonic() + 300
+        while ray.get(scorer.pid.remote()) == before:
+            assert time.monotonic() < deadline, "the killed scorer was not restarted"
+            time.sleep(0.5)
         assert ray.get(scorer.policy_version.remote()) == 1
-        assert ray.get(scorer.pid.remote()) != before
         got = ray.get(scorer.probe_entropy.remote(probe["probe_ids"]))
         assert max(abs(a - b) for a, b in zip(got, probe["entropies"], strict=True)) <= 1e-4
         assert ray.get(scorer.prove_policy.remote()) <= cfg.stages.probe_tolerance

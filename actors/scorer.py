@@ -31,16 +31,8 @@ class EntropyScorer(PolicyHolder):
 
 
 def scorer_spec(cfg: Config, actor_index: int, pointer: str = "") -> PolicySpec:
-    r = cfg.resources
-    return PolicySpec(
-        cfg.screen.backend,
-        cfg.screen,
-        r.torch_threads_per_actor,
-        r.scorer.gpus,
-        actor_index,
-        pointer=pointer,
-        probe_tolerance=cfg.stages.probe_tolerance,
-    )
+    gpus = cfg.resources.scorer.gpus
+    return PolicySpec.for_role(cfg, cfg.screen.backend, gpus, actor_index, pointer)
 
 
 def create_scorers(

@@ -70,16 +70,11 @@ class Verifier(PolicyHolder):
 
 def verifier_spec(cfg: Config, actor_index: int, pointer: str = "") -> PolicySpec:
     r = cfg.resources
-    return PolicySpec(
-        cfg.verify.backend,
-        cfg.screen,
-        r.torch_threads_per_actor,
-        r.verifier.gpus,
-        # one vLLM core binding per engine on the node: scorers first, then verifiers
-        engine_index=r.scorer.count + actor_index,
-        max_model_len=cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1,
-        pointer=pointer,
-        probe_tolerance=cfg.stages.probe_tolerance,
+    # one vLLM core binding per engine on the node: scorers first, then verifiers
+    engine = r.scorer.count + actor_index
+    max_len = cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1
+    return PolicySpec.for_role(
+        cfg, cfg.verify.backend, r.verifier.gpus, engine, pointer, max_model_len=max_len
     )
 
 

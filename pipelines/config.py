@@ -138,6 +138,31 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# Head sizes vLLM's CPU attention runs (vllm/v1/attention/backends/cpu_attn.py,
+# get_supported_head_sizes); a model outside them fails deep inside the engine's start.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def check_policy_shape(cfg: Config, head_dim: int, base_context: int, base_key: str) -> None:
+    """The policy model against the stages and backends, before any work: context extension
+    only grows the context, and a vLLM actor on CPUs needs a head size vLLM's CPU kernels run."""
+    lens = cfg.stages.seq_lens
+    if lens[0] < base_context or lens != sorted(lens):
+        raise ConfigError(
+            f"config key 'stages.seq_lens' = {lens} must start at or above the base context "
+            f"({base_key} = {base_context}) and never shrink: context extension only grows it"
+        )
+    for role, section in (("scorer", "screen"), ("verifier", "verify")):
+        on_cpu = getattr(cfg.resources, role).gpus == 0
+        vllm = getattr(cfg, section).backend == "vllm"
+        if vllm and on_cpu and head_dim not in VLLM_CPU_HEAD_SIZES:
+            raise ConfigError(
+                f"config key '{section}.backend' = 'vllm' cannot run this model on CPUs: its "
+                f"head size {head_dim} is not one of vLLM's CPU head sizes "
+                f"{list(VLLM_CPU_HEAD_SIZES)}; set {section}.backend=hf or give the {role} a GPU"
+            )
+
+
 def _check_cross_fields(cfg: Config) -> None:
     if cfg.model.hidden_size % cfg.model.num_heads:
         raise ConfigError("config key 'model.num_heads' must divide model.hidden_size")
@@ -150,6 +175,9 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if not cfg.stages.seq_lens:
         raise ConfigError("config key 'stages.seq_lens' must list at least one stage length")
+    if not cfg.model.path:  # the embedded base: its shape is known before anything is built
+        head_dim = cfg.model.hidden_size // cfg.model.num_heads
+        check_policy_shape(cfg, head_dim, cfg.pretrain.seq_len, "pretrain.seq_len")
     p = cfg.pretrain
     if p.copy_row_len < 2 * p.copy_span or p.seq_len < 2 * p.copy_distance_span:
         raise ConfigError(

@@ -177,10 +177,12 @@ def ingest(input_dir: Path, out_dir: Path, cfg: CorpusSection) -> IngestReport:
         kept = docs.filter(expr=(n_chars >= cfg.min_chars) & (n_chars <= cfg.max_chars))
         unique = kept.groupby("doc_id").map_groups(_first_of_group).sort("doc_id")
     if not report.documents_read or unique.count() == 0:
+        first = f"; first problem: {report.problems[0]}" if report.problems else ""
         raise UserError(
-            f"corpus directory '{input_dir}' has no usable document "
-            f"({report.documents_read} read, {len(report.problems)} problems, "
-            f"min_chars={cfg.min_chars}, max_chars={cfg.max_chars}): check the files and filters"
+            f"corpus directory '{input_dir}' has no usable document ({report.documents_read} "
+            f"read, {report.too_short} shorter than corpus.min_chars={cfg.min_chars}, "
+            f"{report.too_long} longer than corpus.max_chars={cfg.max_chars}, "
+            f"{len(report.problems)} problems{first}): check the files and filters"
         )
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")

@@ -15,6 +15,7 @@ the first incomplete stage, and construction and training inside it resume from 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.config import Config
-from pipelines.errors import StageFailed, StepFailed, describe, in_step
+from pipelines.config import Config, config_to_yaml
+from pipelines.errors import StageFailed, StepFailed, UserError, describe, in_step
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class RunInputs:
 def prepare_inputs(cfg: Config) -> RunInputs:
     """The corpus and pi_0 (made or reused), the tokenized training documents and the index."""
     from pipelines.build_index import build_index, cached_index_dir
+    from pipelines.index_format import rebuild_hint
     from pipelines.ingest import read_docs
     from pipelines.screen import tokenize_docs
     from pipelines.tokenizer import load_tokenizer
@@ -96,6 +98,12 @@ def prepare_inputs(cfg: Config) -> RunInputs:
     index = build_index(
         index_dir, world.corpus_dir, tokenizer_dir, cfg.index, cfg.run.seed, embedder_cpus
     )
+    built_with = index.manifest.get("embedder")
+    if built_with != cfg.index.embedder:  # queries would be embedded in another space
+        raise UserError(
+            f"index '{index.index_dir}' was built with embedder '{built_with}', but "
+            f"index.embedder is '{cfg.index.embedder}': {rebuild_hint(index.index_dir)}"
+        )
     docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
     probe_ids = docs[0]["input_ids"][: cfg.stages.probe_tokens]
     return RunInputs(world, tokenizer, index, docs, probe_ids)
@@ -108,7 +116,35 @@ def resume_point(cfg: Config, base_dir: Path) -> tuple[int | None, Policy]:
     first = next((k for k in stages if not stage_complete(cfg, k)), None)
     if not first:
         return first, Policy(base_dir.resolve(), 0)
-    return first, Policy((stage_dir(cfg, first - 1) / "model").resolve(), first)
+    model_dir = (stage_dir(cfg, first - 1) / "model").resolve()
+    check_checkpoint(model_dir, first - 1, stage_dir(cfg, first - 1))
+    return first, Policy(model_dir, first)
+
+
+def check_checkpoint(model_dir: Path, k: int, sdir: Path) -> None:
+    """A finished stage's checkpoint is whole (config and every safetensors file as long as its
+    header says) before the next stage starts from it; else one line saying how to redo it."""
+    redo = f"delete '{sdir}' and rerun to redo stage {k}"
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not (model_dir / "config.json").is_file() or not files:
+        raise UserError(
+            f"stage {k} is marked complete but its checkpoint '{model_dir}' is missing: {redo}"
+        )
+    for f in files:
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            try:
+                header = json.loads(fh.read(n)) if 8 + n <= size else None
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                header = None
+        ends = [
+            t["data_offsets"][1] for name, t in (header or {}).items() if name != "__metadata__"
+        ]
+        if header is None or size != 8 + n + max(ends, default=0):
+            raise UserError(
+                f"stage {k}'s checkpoint file '{f}' is truncated or corrupt ({size} bytes): {redo}"
+            )
 
 
 def _construct(out: dict, ctx, seed_docs: list[dict], budget: int) -> None:
@@ -165,15 +201,24 @@ def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> dict:
         ctx.stop.set()  # construction must not go on for a stage that cannot finish
         construction.join()
         cause = result.get("error") or train_error  # the trainer stopped because of it
-        raise StageFailed(
-            f"stage {ctx.stage} failed in {describe(cause)}; {_rerun_hint(ctx.stage_dir)}"
-        ) from None
+        raise _stage_failure(ctx, cause) from None
     construction.join()
     if "error" in result:
-        raise StageFailed(
-            f"stage {ctx.stage} failed in {describe(result['error'])}; {_rerun_hint(ctx.stage_dir)}"
-        )
+        raise _stage_failure(ctx, result["error"])
     return result
+
+
+def _stage_failure(ctx, cause: BaseException) -> Exception:
+    """The one line a failed stage ends with. A full disk (or quota) is the user's to fix:
+    a UserError (exit code 2); anything else is a StageFailed (exit code 1)."""
+    line = f"stage {ctx.stage} failed in {describe(cause)}; {_rerun_hint(ctx.stage_dir)}"
+    root = getattr(cause, "cause", cause)
+    # pyarrow's write errors carry the errno in their text only ("[errno 28] No space ...")
+    full = root.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(root, OSError) else False
+    if full or "No space left on device" in str(root):
+        where = f" writing '{root.filename}'" if getattr(root, "filename", None) else ""
+        return UserError(f"no space left on the device{where}: free space; {line}")
+    return StageFailed(line)
 
 
 def write_stage_manifest(cfg: Config, k: int, record: dict, started: float) -> dict:
@@ -247,6 +292,8 @@ def run_policylong(cfg: Config) -> dict:
     inputs = prepare_inputs(cfg)
     n_stages = len(cfg.stages.seq_lens)
     first, policy = resume_point(cfg, Path(inputs.world.model_dir))
+    # the inputs passed their checks: only now is an earlier run's record replaced
+    (cfg.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     if first is None:
         log.info("all %d stages are complete: nothing to do", n_stages)
         report = write_report(cfg.run_dir)

@@ -6,7 +6,7 @@ import json
 import logging
 
 from cluster.runtime import init_ray
-from pipelines.config import Config, config_to_yaml
+from pipelines.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -14,8 +14,6 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> dict:
     from pipelines.policylong import run_policylong, stage_dir
 
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.yaml").write_text(config_to_yaml(cfg))
     init_ray(cfg.cluster)
     result = run_policylong(cfg)
     last = stage_dir(cfg, len(cfg.stages.seq_lens) - 1)

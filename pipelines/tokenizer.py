@@ -46,10 +46,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int, o
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    hint = "point tokenizer.path / model.path at an HF model directory with tokenizer files"
     try:
-        return AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as e:
         raise UserError(
-            f"cannot load a tokenizer from '{path}' ({type(e).__name__}): "
-            "point tokenizer.path / model.path at an HF model directory"
+            f"cannot load a tokenizer from '{path}' ({type(e).__name__}): {hint}"
         ) from None
+    # transformers builds an empty tokenizer (vocabulary of 1) from a directory that has only a
+    # model config: it would tokenize every document to nothing
+    if len(tokenizer) < 2 or not tokenizer("hello world")["input_ids"]:
+        raise UserError(f"cannot load a tokenizer from '{path}' (no tokenizer files): {hint}")
+    return tokenizer

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pipelines import base_model
-from pipelines.config import Config
+from pipelines.config import Config, check_policy_shape
 from pipelines.errors import UserError
 from pipelines.ingest import ingest, read_docs
 from pipelines.shakespeare import write_embedded_corpus
@@ -113,15 +113,31 @@ def _build_base(cfg: Config, corpus_dir: Path, out: Path) -> dict:
     return metrics
 
 
+def check_model_path(cfg: Config) -> Path:
+    """model.path as an HF model directory this run can use, checked before any work."""
+    model_dir = Path(cfg.model.path)
+    if not model_dir.is_dir():
+        raise UserError(
+            f"model.path '{model_dir}' does not exist: point it at an HF model directory "
+            "(or leave it empty for the embedded base)"
+        )
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"model.path '{model_dir}' is not an HF model directory (no config.json)")
+    load_tokenizer(cfg.tokenizer.path or model_dir)  # fail early with a clear line
+    config = json.loads((model_dir / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    # A released model's max_position_embeddings is the context it was trained at; ours (an
+    # embedded base, with base_metrics.json) sets it as a ceiling, above its pretrain.seq_len.
+    ours = (model_dir / "base_metrics.json").is_file()
+    base = 0 if ours else int(config.get("max_position_embeddings", 0))
+    check_policy_shape(cfg, head_dim, base, f"max_position_embeddings of '{model_dir}'")
+    return model_dir
+
+
 def ensure_world(cfg: Config) -> World:
+    model_dir = check_model_path(cfg) if cfg.model.path else None
     corpus_dir = ensure_corpus(cfg)
-    if cfg.model.path:
-        model_dir = Path(cfg.model.path)
-        if not (model_dir / "config.json").is_file():
-            raise UserError(
-                f"model.path '{model_dir}' is not an HF model directory (no config.json)"
-            )
-        load_tokenizer(cfg.tokenizer.path or model_dir)  # fail early with a clear line
+    if model_dir is not None:
         return World(corpus_dir, model_dir, {})
     out = base_dir(cfg, corpus_dir)
     if (out / "base_metrics.json").is_file():

@@ -3,6 +3,11 @@
 It loads its FAISS index and its chunk table (row i of the table is FAISS id i) once, checks them
 against the manifest, and then serves `search` (ids and scores only, small replies) and
 `get_chunks` (text and token ids, for the assembler) for as long as the run lasts.
+
+IVF-PQ shards built with `index.rerank_factor` > 0 re-rank: FAISS returns rerank_factor x k
+candidates by their PQ scores, and those are scored again by exact inner product against the
+shard's float32 vectors, mapped from disk (np.memmap), so RAM holds only the PQ codes and
+the k' rows a query touches come through the page cache (`Reranked`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,69 @@ import ray
 from pipelines.errors import UserError
 
 Result = tuple[str, str, float]  # (chunk_id, doc_id, score)
+RERANK_QUERY_BLOCK = 64  # queries re-ranked at once: bounds the gathered (q, k', dim) block
+
+
+def set_nprobe(index, nprobe: int) -> None:
+    """nprobe of an IVF index, also when wrapped (OPQ's IndexPreTransform); no-op for flat."""
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:  # not an IVF index
+        pass
+
+
+def exact_rerank(
+    queries: np.ndarray, ids: np.ndarray, vectors: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each query's candidate ids by exact inner product with `vectors` (an array or
+    memmap, row = id); (scores, ids) shaped like FAISS's answer, id -1 / score -inf for none."""
+    out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_i = np.full((len(queries), k), -1, dtype=np.int64)
+    for lo in range(0, len(queries), RERANK_QUERY_BLOCK):
+        q, cand = queries[lo : lo + RERANK_QUERY_BLOCK], ids[lo : lo + RERANK_QUERY_BLOCK]
+        valid = cand >= 0
+        # Read each wanted row once, in file order (sequential reads where rows are close).
+        rows, where = np.unique(np.where(valid, cand, 0), return_inverse=True)
+        block = np.asarray(vectors[rows], dtype=np.float32)[where.reshape(cand.shape)]
+        scores = np.einsum("qkd,qd->qk", block, q)
+        scores[~valid] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        top_s = np.take_along_axis(scores, top, axis=1)
+        top_i = np.where(np.isfinite(top_s), np.take_along_axis(cand, top, axis=1), -1)
+        out_s[lo : lo + len(q), : top.shape[1]] = top_s
+        out_i[lo : lo + len(q), : top.shape[1]] = top_i
+    return out_s, out_i
+
+
+class Reranked:
+    """A FAISS index whose answers are re-ranked: `factor` x k candidates by its own (PQ)
+    scores, then the best k of them by exact inner product against `vectors` (row = id)."""
+
+    def __init__(self, index, vectors: np.ndarray, factor: int):
+        if len(vectors) != index.ntotal:
+            raise ValueError(f"{len(vectors)} float vectors for {index.ntotal} indexed ones")
+        self.index, self.vectors, self.factor = index, vectors, factor
+        self.ntotal = index.ntotal
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        shortlist = min(self.ntotal, self.factor * k)
+        _, ids = self.index.search(queries, shortlist)
+        return exact_rerank(queries, ids, self.vectors, k)
 
 
 class ShardIndex:
     """The in-process part of a shard (usable without Ray, e.g. in the benchmark)."""
 
-    def __init__(self, index_dir: str | Path, shard: int, nprobe: int = 16, threads: int = 1):
+    def __init__(
+        self,
+        index_dir: str | Path,
+        shard: int,
+        nprobe: int = 16,
+        threads: int = 1,
+        rerank_factor: int = 0,
+    ):
         import faiss
 
         from pipelines.chunking import read_chunk_table
@@ -42,8 +104,22 @@ class ShardIndex:
                 f"index file '{index_path}' holds {self.index.ntotal} vectors, the manifest says "
                 f"{meta['n_vectors']}: {rebuild_hint(index_dir)}"
             )
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = nprobe
+        set_nprobe(self.index, nprobe)
+        self.searcher = self.index
+        if rerank_factor and meta["index_type"] == "ivf_pq":
+            if not meta.get("vectors_file"):
+                raise UserError(
+                    f"index.rerank_factor = {rerank_factor} needs the float vectors on disk, but "
+                    f"shard {shard} of '{index_dir}' was built without them: set "
+                    f"index.rerank_factor: 0, or {rebuild_hint(index_dir)}"
+                )
+            vectors = np.load(index_dir / meta["vectors_file"], mmap_mode="r")
+            if vectors.shape != (self.index.ntotal, self.index.d):
+                raise UserError(
+                    f"vector file '{index_dir / meta['vectors_file']}' is {vectors.shape}, the "
+                    f"index holds {self.index.ntotal} x {self.index.d}: {rebuild_hint(index_dir)}"
+                )
+            self.searcher = Reranked(self.index, vectors, rerank_factor)
         self.chunks = read_chunk_table(index_dir / meta["chunks_file"])
         if self.chunks.num_rows != self.index.ntotal:
             raise UserError(
@@ -64,7 +140,7 @@ class ShardIndex:
         k = min(k, self.size())
         if k == 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
-        scores, ids = self.index.search(q, k)
+        scores, ids = self.searcher.search(q, k)
         return [
             [
                 (self.chunk_ids[i], self.doc_ids[i], float(s))
@@ -87,8 +163,10 @@ class ShardIndex:
 class RetrievalShard:
     """Ray actor around ShardIndex; start one per shard with num_cpus=resources.shard.cpus."""
 
-    def __init__(self, index_dir: str, shard: int, nprobe: int = 16, threads: int = 1):
-        self.shard = ShardIndex(index_dir, shard, nprobe, threads)
+    def __init__(
+        self, index_dir: str, shard: int, nprobe: int = 16, threads: int = 1, rerank: int = 0
+    ):
+        self.shard = ShardIndex(index_dir, shard, nprobe, threads, rerank)
 
     def ready(self) -> int:
         return self.shard.size()

@@ -1,13 +1,22 @@
-"""Retrieval benchmark: IVF-Flat and IVF-PQ vs exact flat search on one shard, side by side.
+"""Retrieval benchmark: IVF-Flat, IVF-PQ, OPQ+IVF-PQ and both PQ indexes with exact re-ranking
+against exact flat search on one shard, side by side.
 
-Builds both indexes with the code the pipeline uses (pipelines.build_index.make_faiss_index) over
-random unit vectors shaped like sentence embeddings (see EmbeddingLikeVectors), runs
-the same batched queries through both and prints ONE JSON line: recall@k of IVF against the exact
-flat result, queries per second of each, their ratio and build times. Defaults come from the
+Builds the indexes with the code the pipeline uses (pipelines.build_index.make_faiss_index; the
+re-rank is actors.retrieval_shard.Reranked, what a shard runs with index.rerank_factor) over
+random unit vectors shaped like sentence embeddings (see EmbeddingLikeVectors) or over real
+embeddings (--index-dir: the vectors of a built index's flat shards, queries held out of them),
+runs the same batched queries through all and prints ONE JSON line: recall@k against the exact
+flat result, queries per second, bytes per vector in memory (the serialized index's share per
+vector) and on disk (the re-rank's float file), and build seconds. Defaults come from the
 config's `index.*` keys, so the line reports what a run would get.
 
     .venv/bin/python bench/retrieval.py                       # defaults (configs' IndexSection)
     .venv/bin/python bench/retrieval.py --nprobe 32 --nlist 2048 --threads 2
+    .venv/bin/python bench/retrieval.py --index-dir runs/cache/index-...   # real embeddings
+
+The re-rank reads its float32 rows from an .npy file through np.memmap; the benchmark writes
+that file first, so its rows are in the page cache (a warm disk, as for a shard that has been
+serving a while). A cold disk adds k' random reads of 4 x dim bytes per query.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from actors.retrieval_shard import Reranked, set_nprobe  # noqa: E402
 from pipelines.build_index import make_faiss_index  # noqa: E402
 from pipelines.config import IndexSection  # noqa: E402
 
@@ -70,6 +81,30 @@ def timed_search(indexes: list, queries: np.ndarray, k: int, batch: int, repeats
     return [len(queries) / t for t in best], ids
 
 
+def real_vectors(source: Path, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(base, queries): every stored vector of a built index (flat shards, or the float files of
+    re-ranked PQ shards) or of an .npy file of unit vectors, `n_queries` of them drawn out as
+    queries (not in the base)."""
+    import faiss
+
+    from pipelines.index_format import read_manifest
+
+    parts = []
+    shards = [] if source.suffix == ".npy" else read_manifest(source)["shards"]
+    for s in shards:
+        if s.get("vectors_file"):
+            parts.append(np.load(source / s["vectors_file"]))
+        elif s["index_type"] == "flat":
+            index = faiss.read_index(str(source / s["index_file"]))
+            parts.append(index.reconstruct_n(0, index.ntotal))
+        else:
+            raise SystemExit(f"shard {s['shard']} of {source} keeps no float vectors")
+    vectors = np.load(source).astype(np.float32) if not shards else np.concatenate(parts)
+    picked = np.random.default_rng(seed).permutation(len(vectors))
+    q, b = picked[:n_queries], np.sort(picked[n_queries:])
+    return np.ascontiguousarray(vectors[b]), np.ascontiguousarray(vectors[q])
+
+
 def recall_at_k(approx: np.ndarray, exact: np.ndarray) -> float:
     hits = sum(len(set(a[a >= 0]) & set(e)) for a, e in zip(approx, exact, strict=True))
     return hits / exact.size
@@ -107,41 +142,75 @@ def main() -> None:
         default=48,
         help="also build IVF-PQ with this many code bytes per vector (0: skip; index.pq_bytes)",
     )
+    p.add_argument("--opq", type=int, default=1, help="also OPQ + IVF-PQ (index.opq); 0: skip")
+    p.add_argument(
+        "--rerank-factor",
+        type=int,
+        default=10,
+        help="also re-rank rerank_factor x k PQ hits exactly (index.rerank_factor; 0: skip)",
+    )
+    p.add_argument(
+        "--index-dir",
+        type=Path,
+        help="real embeddings, not synthetic: a built index's vectors (or an .npy of them)",
+    )
     args = p.parse_args()
 
     import faiss
 
     all_cores = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(args.threads)
-    data = EmbeddingLikeVectors(args.dim, args.latent_dim, args.clusters, args.spread, args.seed)
-    base, queries = data.draw(args.n_vectors), data.draw(args.queries)
+    if args.index_dir:
+        base, queries = real_vectors(args.index_dir, args.queries, args.seed)
+        n, dim = base.shape
+    else:
+        shape = (args.dim, args.latent_dim, args.clusters, args.spread, args.seed)
+        data = EmbeddingLikeVectors(*shape)
+        base, queries = data.draw(args.n_vectors), data.draw(args.queries)
+        n, dim = args.n_vectors, args.dim
+
+    def build(cfg):
+        faiss.omp_set_num_threads(all_cores)  # the build uses every core
+        start = time.perf_counter()
+        index, info = make_faiss_index(base, cfg, args.seed)
+        seconds = time.perf_counter() - start
+        faiss.omp_set_num_threads(args.threads)
+        set_nprobe(index, args.nprobe)
+        return index, info, seconds
 
     start = time.perf_counter()
-    flat, _ = make_faiss_index(base, replace(d, flat_max_vectors=args.n_vectors), args.seed)
+    flat, _ = make_faiss_index(base, replace(d, flat_max_vectors=n), args.seed)
     flat_build_s = time.perf_counter() - start
     ivf_cfg = replace(d, flat_max_vectors=0, ivf_nlist=args.nlist)
-    faiss.omp_set_num_threads(all_cores)  # the build uses every core
-    start = time.perf_counter()
-    ivf, info = make_faiss_index(base, ivf_cfg, args.seed)
-    build_s = time.perf_counter() - start
-    faiss.omp_set_num_threads(args.threads)
-    ivf.nprobe = args.nprobe
+    ivf, info, build_s = build(ivf_cfg)
 
-    indexes = [flat, ivf]
+    named = {"flat": flat, "ivf": ivf}  # name -> searchable (has .search(q, k) -> (D, I))
+    build_seconds, memory = {}, {}
+    tmp = tempfile.TemporaryDirectory(prefix="bench-retrieval-")
     if args.pq_bytes:
-        faiss.omp_set_num_threads(all_cores)
-        start = time.perf_counter()
-        pq, _ = make_faiss_index(base, replace(ivf_cfg, pq_bytes=args.pq_bytes), args.seed)
-        pq_build_s = time.perf_counter() - start
-        faiss.omp_set_num_threads(args.threads)
-        pq.nprobe = args.nprobe
-        indexes.append(pq)
-    qps, found = timed_search(indexes, queries, args.k, args.batch, args.repeats)
-    (qps_flat, qps_ivf), (exact, approx) = qps[:2], found[:2]
+        pq_cfg = replace(ivf_cfg, pq_bytes=args.pq_bytes)
+        variants = [("ivf_pq", pq_cfg)]
+        if args.opq:
+            variants.append(("opq_pq", replace(pq_cfg, opq=True)))
+        if args.rerank_factor:  # the float file a re-ranking shard maps (build_index writes it)
+            np.save(Path(tmp.name) / "vectors.npy", base)
+            on_disk = np.load(Path(tmp.name) / "vectors.npy", mmap_mode="r")
+        for name, cfg in variants:
+            named[name], _, build_seconds[name] = build(cfg)
+            memory[name] = _bytes_per_vector(named[name], n)
+            if args.rerank_factor:
+                named[f"{name}_rerank"] = Reranked(named[name], on_disk, args.rerank_factor)
+                build_seconds[f"{name}_rerank"] = build_seconds[name]
+                memory[f"{name}_rerank"] = memory[name]
+    names = list(named)
+    qps, found = timed_search(list(named.values()), queries, args.k, args.batch, args.repeats)
+    qps, found = dict(zip(names, qps, strict=True)), dict(zip(names, found, strict=True))
+    exact = found["flat"]
     top10_cos = float(flat.search(queries[:200], 10)[0][:, -1].mean())
     result = {
-        "n_vectors": args.n_vectors,
-        "dim": args.dim,
+        "vectors": f"real: {args.index_dir}" if args.index_dir else "synthetic",
+        "n_vectors": n,
+        "dim": dim,
         "latent_dim": args.latent_dim,
         "clusters": args.clusters,
         "spread": args.spread,
@@ -151,24 +220,28 @@ def main() -> None:
         "nlist": info["nlist"],
         "nprobe": args.nprobe,
         "threads": args.threads,
-        f"recall_at_{args.k}_ivf_vs_flat": round(recall_at_k(approx, exact), 4),
-        "qps_flat": round(qps_flat, 1),
-        "qps_ivf": round(qps_ivf, 1),
-        "qps_ratio": round(qps_ivf / qps_flat, 2),
+        f"recall_at_{args.k}_ivf_vs_flat": round(recall_at_k(found["ivf"], exact), 4),
+        "qps_flat": round(qps["flat"], 1),
+        "qps_ivf": round(qps["ivf"], 1),
+        "qps_ratio": round(qps["ivf"] / qps["flat"], 2),
         "build_s": round(build_s, 2),
         "flat_build_s": round(flat_build_s, 3),
-        "bytes_per_vector_flat": _bytes_per_vector(flat, args.n_vectors),
-        "bytes_per_vector_ivf": _bytes_per_vector(ivf, args.n_vectors),
+        "bytes_per_vector_flat": _bytes_per_vector(flat, n),
+        "bytes_per_vector_ivf": _bytes_per_vector(ivf, n),
     }
     if args.pq_bytes:
+        result |= {"pq_bytes": args.pq_bytes, "rerank_factor": args.rerank_factor}
+    for name in names[2:]:
         result |= {
-            "pq_bytes": args.pq_bytes,
-            f"recall_at_{args.k}_ivf_pq_vs_flat": round(recall_at_k(found[2], exact), 4),
-            "qps_ivf_pq": round(qps[2], 1),
-            "qps_ratio_ivf_pq": round(qps[2] / qps_flat, 2),
-            "bytes_per_vector_ivf_pq": _bytes_per_vector(indexes[2], args.n_vectors),
-            "pq_build_s": round(pq_build_s, 2),
+            f"recall_at_{args.k}_{name}_vs_flat": round(recall_at_k(found[name], exact), 4),
+            f"qps_{name}": round(qps[name], 1),
+            f"qps_ratio_{name}": round(qps[name] / qps["flat"], 2),
+            f"bytes_per_vector_{name}": memory[name],
+            f"{name}_build_s": round(build_seconds[name], 2),
         }
+        if name.endswith("_rerank"):
+            result[f"disk_bytes_per_vector_{name}"] = 4 * dim
+    tmp.cleanup()
     print(json.dumps(result))
 
 

@@ -3,8 +3,11 @@
 Layout of the index directory (every file listed with its sha256 in the manifest):
 
     manifest.json              embedder, dim, shards (sizes, index types), checksums, build key
-    shard-00000.faiss          FAISS index of shard 0 (IndexFlatIP, or IVF-Flat inner product)
+    shard-00000.faiss          FAISS index of shard 0 (IndexFlatIP, IVF-Flat or [OPQ+]IVF-PQ,
+                               inner product)
     shard-00000.chunks.parquet its chunk rows (chunking.CHUNK_SCHEMA); row i = FAISS id i
+    shard-00000.vectors.npy    IVF-PQ shards with index.rerank_factor > 0 only: the float32
+                               vectors (row i = FAISS id i), read by memmap to re-rank PQ hits
     ...
 
 The build key hashes everything the result depends on (the documents, the tokenizer files, the
@@ -40,6 +43,7 @@ from pipelines.index_format import (
     read_manifest,
     sha256_file,
     shard_files,
+    vectors_file,
     verify_index,
 )
 from pipelines.ingest import read_docs
@@ -75,8 +79,13 @@ class IndexBuild:
 
 def build_config(cfg: IndexSection) -> dict:
     config = {k: getattr(cfg, k) for k in BUILD_KEYS}
-    if cfg.pq_bytes:  # only when set: indexes built before the key existed keep their key
+    # Only when set: indexes built before these keys existed keep their key.
+    if cfg.pq_bytes:
         config["pq_bytes"] = cfg.pq_bytes
+        if cfg.opq:
+            config["opq"] = True
+        if cfg.rerank_factor:  # on/off only: the factor itself is a query-time key
+            config["rerank_vectors"] = True
     return config
 
 
@@ -92,7 +101,8 @@ def build_key(doc_ids: list[str], tokenizer_dir: Path, cfg: IndexSection) -> str
 
 def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
     """Exact inner-product search for small shards, IVF-Flat (trained quantizer) above, or
-    IVF-PQ (index.pq_bytes bytes per vector) for pools too large to hold as floats."""
+    IVF-PQ (index.pq_bytes bytes per vector, after an OPQ rotation with index.opq) for pools
+    too large to hold as floats."""
     import faiss
 
     n, dim = vectors.shape
@@ -105,11 +115,17 @@ def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
         raise UserError(
             f"index.pq_bytes = {cfg.pq_bytes} must divide the embedding dimension {dim}"
         )
+    if cfg.opq and not cfg.pq_bytes:
+        raise UserError("index.opq rotates vectors for PQ codes: it needs index.pq_bytes > 0")
     # "np": no polysemous training (a Hamming-filter order we never use; 20x the build time)
     codes = f"PQ{cfg.pq_bytes}x8np" if cfg.pq_bytes else "Flat"
-    index = faiss.index_factory(dim, f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
-    index.cp.spherical = True  # unit-norm centroids: assignment by inner product is then fair
-    index.cp.seed = seed
+    # OPQ{m}: an orthogonal rotation (inner products unchanged) learnt so that each of the m
+    # sub-vectors carries a fair share of the variance before it is quantized to one byte.
+    rotation = f"OPQ{cfg.pq_bytes}," if cfg.opq else ""
+    index = faiss.index_factory(dim, f"{rotation}IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.spherical = True  # unit-norm centroids: assignment by inner product is then fair
+    ivf.cp.seed = seed
     train = vectors
     if n > cfg.ivf_train_max_vectors:
         rows = np.random.default_rng(seed).choice(n, cfg.ivf_train_max_vectors, replace=False)
@@ -117,7 +133,8 @@ def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
     index.train(train)
     index.add(vectors)
     if cfg.pq_bytes:
-        return index, {"index_type": "ivf_pq", "nlist": nlist, "pq_bytes": cfg.pq_bytes}
+        info = {"index_type": "ivf_pq", "nlist": nlist, "pq_bytes": cfg.pq_bytes}
+        return index, info | ({"opq": True} if cfg.opq else {})
     return index, {"index_type": "ivf", "nlist": nlist}
 
 
@@ -158,9 +175,16 @@ def _write_index(tmp: Path, chunks: pa.Table, vectors: np.ndarray, cfg: IndexSec
     for shard in tqdm(range(cfg.num_shards), desc="build shards", unit="shard"):
         rows = np.flatnonzero(shard_ids == shard)
         index_name, chunks_name = shard_files(shard)
-        index, info = make_faiss_index(np.ascontiguousarray(vectors[rows]), cfg, seed + shard)
+        shard_vectors = np.ascontiguousarray(vectors[rows])
+        index, info = make_faiss_index(shard_vectors, cfg, seed + shard)
         faiss.write_index(index, str(tmp / index_name))
         write_chunk_table(chunks.take(pa.array(rows, type=pa.int64())), tmp / chunks_name)
+        names = [index_name, chunks_name]
+        if info["index_type"] == "ivf_pq" and cfg.rerank_factor:
+            # The floats stay on disk for re-ranking (ShardIndex maps them, never loads them).
+            info["vectors_file"] = vectors_file(shard)
+            np.save(tmp / info["vectors_file"], shard_vectors)
+            names.append(info["vectors_file"])
         shards.append(
             {
                 "shard": shard,
@@ -170,7 +194,7 @@ def _write_index(tmp: Path, chunks: pa.Table, vectors: np.ndarray, cfg: IndexSec
                 **info,
             }  # fmt: skip
         )
-        for name in (index_name, chunks_name):
+        for name in names:
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
     return shards, files
 

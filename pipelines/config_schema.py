@@ -114,6 +114,13 @@ class IndexSection:
     # Pools too large for IVF-Flat (4 bytes per dimension per vector): > 0 = IVF-PQ with this
     # many bytes per vector (8-bit codes; must divide the embedding's dimension, 384 for MiniLM)
     pq_bytes: int = field(default=0, metadata=_r(0))
+    # With pq_bytes: learn an OPQ rotation before IVF-PQ (codes fit the data's axes better).
+    opq: bool = False
+    # With pq_bytes: > 0 = search rerank_factor x k PQ candidates per shard and re-rank them by
+    # exact inner product against the shard's float32 vectors, read from a file on disk (np.memmap:
+    # RAM stays at the PQ code size; disk holds 4 bytes per dimension). 0 = PQ scores as they are.
+    # Build-relevant only as on/off (the float file is written when > 0). docs/scaling.md
+    rerank_factor: int = field(default=0, metadata=_r(0, 1000))
     nprobe: int = field(default=64, metadata=_r(1))  # bench/retrieval.py: recall@10 0.97
     top_k: int = field(default=8, metadata=_r(1, 1024))
     exclude_margin: int = field(default=16, metadata=_r(0))  # extra hits asked per shard

@@ -3,6 +3,9 @@
     manifest.json              format_version, embedder, dim, shards, files (bytes + sha256)
     shard-00000.faiss          FAISS index of shard 0; FAISS id i = row i of its chunk table
     shard-00000.chunks.parquet its chunk rows (pipelines/chunking.py CHUNK_SCHEMA)
+    shard-00000.vectors.npy    optional (IVF-PQ shards built with index.rerank_factor > 0): the
+                               float32 vectors, row i = FAISS id i; the manifest's shard entry
+                               names it as "vectors_file" (indexes without it still load)
 
 Readers (the retrieval shards, the retriever) check the manifest and the checksums here; the
 builder (pipelines/build_index.py) writes it.
@@ -26,6 +29,10 @@ def rebuild_hint(index_dir: Path) -> str:
 
 def shard_files(shard: int) -> tuple[str, str]:
     return f"shard-{shard:05d}.faiss", f"shard-{shard:05d}.chunks.parquet"
+
+
+def vectors_file(shard: int) -> str:
+    return f"shard-{shard:05d}.vectors.npy"
 
 
 def sha256_file(path: Path) -> str:

@@ -68,7 +68,7 @@ class Retriever:
             # A crashed shard or embedder reloads from disk; the searches in flight are retried.
             RetrievalShard.options(
                 num_cpus=cpus_per_shard, max_restarts=restarts, max_task_retries=restarts
-            ).remote(str(self.index_dir), s, cfg.nprobe, shard_threads)
+            ).remote(str(self.index_dir), s, cfg.nprobe, shard_threads, cfg.rerank_factor)
             for s in range(self.num_shards)
         ]
         self.sizes = self._get([a.ready.remote() for a in self.shards])

@@ -155,3 +155,73 @@ def test_rerun_of_finished_command_does_no_new_work(e2e):
     again = run_policylong(cfg)
     assert again["new_work"] is False
     assert {k: (_logged_ids(cfg, k), len(_ledger(cfg, k))) for k in range(2)} == before
+
+
+@pytest.mark.timeout(900)
+def test_a_driver_killed_between_stages_and_rerun_continues_where_it_stopped(
+    e2e, tmp_path, ray_local
+):
+    """`policylong run` (its own process, joined to the test's Ray) killed with SIGKILL as soon
+    as stage 0 is complete: the same command rerun keeps stage 0 as it was (nothing redone),
+    runs stage 1 from stage 0's checkpoint, trains every sample once, and commits exactly the
+    samples of the e2e run, whose stage 1 construction was undisturbed (only its training was)."""
+    import dataclasses
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    reference, _ = e2e
+    run = dataclasses.replace(reference.run, output_dir=str(tmp_path), name="killed-between")
+    address = ray_local.get_runtime_context().gcs_address
+    cluster = dataclasses.replace(reference.cluster, address=address)
+    cfg = dataclasses.replace(reference, run=run, cluster=cluster)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "run",
+        "--config",
+        str(tmp_path / "config.yaml"),
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    done_0 = stage_dir(cfg, 0) / "stage_manifest.json"
+
+    driver = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while not done_0.exists() and driver.poll() is None:
+        assert time.monotonic() < deadline, "stage 0 did not finish in 10 minutes"
+        time.sleep(0.05)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL  # killed, not finished on its own
+    assert not (stage_dir(cfg, 1) / "stage_manifest.json").exists()  # between the stages
+
+    def stage_0_files() -> dict[str, str]:  # its data, checkpoint, ledger and manifest
+        parts = ("samples", "model", "train", "stage_manifest.json")
+        files = sorted(
+            p
+            for x in parts
+            for p in [stage_dir(cfg, 0) / x, *(stage_dir(cfg, 0) / x).rglob("*")]
+            if p.is_file()
+        )
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    before = stage_0_files()
+    rerun = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert stage_0_files() == before  # stage 0 was not redone
+    for k in range(2):
+        assert _logged_ids(cfg, k) == _logged_ids(reference, k)
+        trained = [r["sample_id"] for r in _ledger(cfg, k)]
+        assert sorted(trained) == sorted(_logged_ids(cfg, k)) and len(set(trained)) == len(trained)
+    manifest = json.loads((stage_dir(cfg, 1) / "stage_manifest.json").read_text())
+    assert manifest["policy_version_used"] == 1
+    final = AutoModelForCausalLM.from_pretrained(str(stage_dir(cfg, 1) / "model"))
+    assert final.config.rope_parameters["rope_theta"] == 80000.0

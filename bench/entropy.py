@@ -12,7 +12,9 @@ On a GPU (--device cuda --dtype bfloat16, used by bench/gpu_smoke.sh) peak memor
 torch.cuda.max_memory_allocated measured in-process, and --peak-tflops adds MFU (model FLOPs over
 time over the peak); --heads/--kv-heads/--intermediate give the body a real model's shape,
 --tile-sweep times the lm_head entropy per vocabulary tile, --speed-naive times full logits +
-log_softmax entropy next to it. The defaults are the CPU benchmark above, unchanged.
+log_softmax entropy next to it. --arch llama makes the body a Llama (LlamaForCausalLM, tied
+embeddings; SmolLM2-135M's family, bench/gpu_smollm2.sh) instead of a Qwen2. The defaults are the
+CPU benchmark above, unchanged.
 
     .venv/bin/python bench/entropy.py [--model-dir runs/cache/base-...] [--threads 2]
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DTYPES = ("float32", "bfloat16", "float16")
+ARCHS = ("qwen2", "llama")
 
 
 def _args() -> argparse.Namespace:
@@ -48,6 +51,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=0, help="attention heads (0: hidden / 64)")
     p.add_argument("--kv-heads", type=int, default=0, help="key/value heads (0: as --heads)")
     p.add_argument("--intermediate", type=int, default=0, help="MLP width (0: 2 x hidden)")
+    p.add_argument(
+        "--arch", default="qwen2", choices=ARCHS, help="body family (tied embeddings either way)"
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype")
     p.add_argument("--chunk", type=int, default=1024, help="rows of h per lm_head tile")
@@ -226,11 +232,18 @@ def _timed(fn, args) -> tuple[float | None, float | None]:
     return t, round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
-def _body_config(args):
-    from transformers import Qwen2Config
+def _body_classes(arch: str):
+    """(config class, causal-LM class) of the body family."""
+    import transformers
 
+    name = {"qwen2": "Qwen2", "llama": "Llama"}[arch]
+    return getattr(transformers, f"{name}Config"), getattr(transformers, f"{name}ForCausalLM")
+
+
+def _body_config(args):
+    config_cls, _ = _body_classes(args.arch)
     heads = args.heads or args.hidden // 64
-    return Qwen2Config(
+    return config_cls(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
         num_hidden_layers=args.layers,
@@ -290,16 +303,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _speed(args) -> dict:
     import torch
-    from transformers import Qwen2ForCausalLM
 
     from pipelines.entropy import token_entropies
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = _body_config(args)
-    _progress(f"building the body on {args.device} ({args.layers} layers, {args.dtype})")
+    _, model_cls = _body_classes(args.arch)
+    _progress(f"building the {args.arch} body on {args.device} ({args.layers} layers)")
     with torch.device(args.device):
-        model = Qwen2ForCausalLM(cfg)
+        model = model_cls(cfg)
     model = model.to(getattr(torch, args.dtype)).eval()
     ids = torch.randint(0, args.vocab, (1, args.speed_tokens)).to(args.device)
     w = model.get_output_embeddings().weight.detach()
@@ -339,6 +352,7 @@ def _speed(args) -> dict:
 
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         result |= {
+            "params": sum(p.numel() for p in model.parameters()),
             "entropy_update_compiled": not entropy._compile_failed,  # else eager fallback
             "weights_mb": round(weights / 2**20, 1),
             "peak_mem_mb_entropy_path": peak_ent,
@@ -432,6 +446,7 @@ def main() -> None:
     if _is_cuda(args) or args.dtype != "float32":
         cfg = _body_config(args)
         result |= {
+            "arch": args.arch,
             "device": args.device,
             "dtype": args.dtype,
             "layers": cfg.num_hidden_layers,

@@ -1,8 +1,9 @@
 """RetrievalShard: one Ray actor per index shard, answering batched top-k inner-product queries.
 
 It loads its FAISS index and its chunk table (row i of the table is FAISS id i) once, checks them
-against the manifest, and then serves `search` (ids and scores only, small replies) and
-`get_chunks` (text and token ids, for the assembler) for as long as the run lasts.
+against the manifest, and then serves `search` (ids and scores only, small replies),
+`get_chunks` (text and token ids, for the assembler) and `sample_fillers` (random chunks of its
+own part, for the assembler's filler) for as long as the run lasts.
 
 IVF-PQ shards built with `index.rerank_factor` > 0 re-rank: FAISS returns rerank_factor x k
 candidates by their PQ scores, and those are scored again by exact inner product against the
@@ -158,6 +159,21 @@ class ShardIndex:
         rows = self.chunks.take([self.row_of[c] for c in chunk_ids])
         return rows.to_pylist()
 
+    def sample_fillers(self, n: int, seed: int, exclude_doc_id: str | None) -> list[tuple]:
+        """n random chunks of this shard (with replacement), none of document exclude_doc_id:
+        [(chunk_id, input_ids)], the same for the same seed. Fewer only when this shard holds
+        no other document's chunk."""
+        rng = np.random.default_rng(seed)
+        out: list[tuple] = []
+        tokens = self.chunks["input_ids"]
+        while len(out) < n:
+            rows = rng.integers(self.size(), size=n - len(out))
+            keep = [int(r) for r in rows if self.doc_ids[r] != exclude_doc_id]
+            if not keep and all(d == exclude_doc_id for d in self.doc_ids):
+                break
+            out += [(self.chunk_ids[r], tokens[r].as_py()) for r in keep]
+        return out
+
 
 @ray.remote
 class RetrievalShard:
@@ -176,6 +192,9 @@ class RetrievalShard:
 
     def get_chunks(self, chunk_ids: list[str]) -> list[dict]:
         return self.shard.get_chunks(chunk_ids)
+
+    def sample_fillers(self, n: int, seed: int, exclude_doc_id: str | None) -> list[tuple]:
+        return self.shard.sample_fillers(n, seed, exclude_doc_id)
 
     def pid(self) -> int:
         """The actor's process (a restart after a crash gives a new one)."""

@@ -87,8 +87,9 @@ def resource_plan(cfg: Config, method: MethodSpec) -> dict[str, dict[str, float]
     if method.screens:
         groups |= {"scorer": r.scorer, "verifier": r.verifier}
     plan = {role: {"CPU": g.count * g.cpus, "GPU": g.count * g.gpus} for role, g in groups.items()}
+    # Every method's filler chunks come from the shards (pipelines/assemble.py FillerPool).
+    plan["shard"] = {"CPU": cfg.index.num_shards * r.shard.cpus, "GPU": 0.0}
     if method.retrieves:
-        plan["shard"] = {"CPU": cfg.index.num_shards * r.shard.cpus, "GPU": 0.0}
         plan["embedder"] = {"CPU": r.embedder.cpus, "GPU": 0.0}
     return plan
 

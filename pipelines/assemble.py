@@ -9,6 +9,10 @@ Layout (left to right), segments separated by EOS:
 Positives are spread over the first `positive_region` share of the prefix, hard negatives over the
 rest, random filler chunks fill the gaps, and the last filler is cut so the total is exact. The
 same inputs and seed always give the same sample.
+
+Filler chunks come from the retrieval shards (FillerPool): the driver holds only the shards'
+sizes, never the chunk table (10^9 chunks at the paper's scale); each shard samples from its own
+part, the shards weighted by size, so every chunk of the index is equally likely.
 """
 
 from __future__ import annotations
@@ -18,9 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
-from pipelines.chunking import read_chunk_table
 from pipelines.config import AssembleSection
 
 
@@ -45,21 +47,51 @@ FillerSource = Callable[[np.random.Generator, int], Piece]  # (rng, tokens wante
 
 
 class FillerPool:
-    """Random retrieval chunks used as filler (never from the seed document)."""
+    """Random retrieval chunks used as filler (never from the seed document), sampled by the
+    retrieval shards (actors/retrieval_shard.py `sample_fillers`).
 
-    def __init__(self, index_dir, chunk_tables: list[str]):
-        cols = ["chunk_id", "doc_id", "input_ids"]
-        table = pa.concat_tables(read_chunk_table(index_dir / t, cols) for t in chunk_tables)
-        self.ids = table["chunk_id"].to_pylist()
-        self.docs = table["doc_id"].to_pylist()
-        self.tokens = table["input_ids"].to_pylist()
+    A sample's sampler fetches `batch` chunks per round trip: the sample's rng picks which shard
+    each comes from (probability = the shard's share of all chunks) and one seed per shard, each
+    shard draws its count of rows from its own part with its seed, and the chunks are used in
+    the order drawn. So a sample's fillers depend only on its seed and the index.
+    """
 
-    def sampler(self, seed_doc_id: str):
+    def __init__(self, shards: list, sizes: list[int], batch: int):
+        if len(shards) != len(sizes) or sum(sizes) == 0:
+            raise ValueError(f"{len(shards)} shards with sizes {sizes}: nothing to fill with")
+        self.shards, self.sizes, self.batch = list(shards), list(sizes), batch
+
+    def sampler(self, seed_doc_id: str) -> FillerSource:
+        import ray
+
+        sizes = np.array(self.sizes, dtype=np.float64)  # this document's: its own shards drop
+        ready: list[tuple[str, list[int]]] = []
+
+        def fetch(rng: np.random.Generator) -> None:
+            if not sizes.any():
+                raise ValueError(f"the index holds no chunk of another document than {seed_doc_id}")
+            which = rng.choice(len(sizes), size=self.batch, p=sizes / sizes.sum())
+            seeds = rng.integers(2**63, size=len(sizes))
+            counts = np.bincount(which, minlength=len(sizes))
+            asked = [s for s in range(len(sizes)) if counts[s]]
+            replies = ray.get(
+                [
+                    self.shards[s].sample_fillers.remote(int(counts[s]), int(seeds[s]), seed_doc_id)
+                    for s in asked
+                ]
+            )
+            got = {s: iter(rows) for s, rows in zip(asked, replies, strict=True)}
+            for s, rows in zip(asked, replies, strict=True):
+                if len(rows) < counts[s]:  # that shard holds only the seed document's chunks
+                    sizes[s] = 0
+            ready.extend(row for s in which if (row := next(got[s], None)) is not None)
+            ready.reverse()  # popped from the end: first drawn, first used
+
         def draw(rng: np.random.Generator, want: int) -> Piece:
-            while True:
-                i = int(rng.integers(len(self.ids)))
-                if self.docs[i] != seed_doc_id:
-                    return Piece(self.ids[i], self.tokens[i], "filler")
+            while not ready:
+                fetch(rng)
+            chunk_id, input_ids = ready.pop()
+            return Piece(chunk_id, input_ids, "filler")
 
         return draw
 

@@ -124,6 +124,8 @@ class IndexSection:
     nprobe: int = field(default=64, metadata=_r(1))  # bench/retrieval.py: recall@10 0.97
     top_k: int = field(default=8, metadata=_r(1, 1024))
     exclude_margin: int = field(default=16, metadata=_r(0))  # extra hits asked per shard
+    # Filler chunks (step 4) are sampled by the shards: chunks fetched per round trip
+    filler_batch: int = field(default=64, metadata=_r(1, 100_000))
 
 
 @dataclass

@@ -4,7 +4,8 @@
     verifiers  Verifier actors (step 3)                ) screen (pipelines/methods.py)
     transports weight sync to them (cluster/weight_sync.py)
     retriever  the sharded FAISS index and its query embedder (step 2)
-    fillers    random chunks that pad a sample (step 4)
+    fillers    random chunks that pad a sample (step 4), sampled by the retriever's shards (or,
+               for a method that does not retrieve, by shard actors started for that alone)
 
 Used as a context manager: whatever happens inside, no actor, transport or retrieval shard
 outlives it. Start-up (engines, the entropy kernel's compilation, the embedder) is paid in
@@ -28,13 +29,16 @@ log = logging.getLogger(__name__)
 
 
 class Fleet:
-    def __init__(self, cfg: Config, method: MethodSpec, index_dir: Path, chunk_tables: list[str]):
+    def __init__(
+        self, cfg: Config, method: MethodSpec, index_dir: Path, chunk_tables: list[str] = ()
+    ):  # chunk_tables: unused (the shards read them); kept for callers that pass them
         self.cfg, self.method = cfg, method
         self.scorers: list = []
         self.verifiers: list = []
         self.transports: list = []  # (WeightTransport, actors) pairs
         self.retriever = None  # pipelines.retrieve.Retriever, for methods that retrieve
-        self.fillers = FillerPool(index_dir, chunk_tables)
+        self.filler_shards: list = []  # shard actors of a method that does not retrieve
+        self.fillers: FillerPool | None = None  # set by start()
         self.index_dir = index_dir
         # The policy the actors hold now, for any actor Ray restarts (actors/policy_holder.py).
         self.pointer = (cfg.run_dir / "fleet_policy.json").resolve()
@@ -44,7 +48,7 @@ class Fleet:
         from actors.scorer import create_scorers
         from actors.verifier import create_verifiers
         from cluster.weight_sync import transport_groups
-        from pipelines.retrieve import Retriever
+        from pipelines.retrieve import Retriever, shards_from_config
 
         if self.method.screens:
             self._point_to(policy_dir, version)
@@ -54,6 +58,11 @@ class Fleet:
             self.transports = transport_groups(self.cfg, self.scorers, self.verifiers)
         if self.method.retrieves:
             self.retriever = Retriever.from_config(self.cfg, self.index_dir)
+            shards, sizes = self.retriever.shards, self.retriever.sizes
+        else:
+            shards, sizes = shards_from_config(self.cfg, self.index_dir)
+            self.filler_shards = shards
+        self.fillers = FillerPool(shards, sizes, self.cfg.index.filler_batch)
         return self
 
     @property
@@ -98,7 +107,10 @@ class Fleet:
             ray.kill(actor)
         if self.retriever is not None:
             self.retriever.close()
+        for actor in self.filler_shards:
+            ray.kill(actor)
         self.transports, self.scorers, self.verifiers, self.retriever = [], [], [], None
+        self.filler_shards, self.fillers = [], None
 
     def __enter__(self) -> Fleet:
         return self

@@ -61,17 +61,11 @@ class Retriever:
                 f"but index.embedder is '{cfg.embedder}': rebuild with `policylong build-index`"
             )
         from actors.embedder import Embedder
-        from actors.retrieval_shard import RetrievalShard
 
         self.num_shards = len(self.manifest["shards"])
-        self.shards = [
-            # A crashed shard or embedder reloads from disk; the searches in flight are retried.
-            RetrievalShard.options(
-                num_cpus=cpus_per_shard, max_restarts=restarts, max_task_retries=restarts
-            ).remote(str(self.index_dir), s, cfg.nprobe, shard_threads, cfg.rerank_factor)
-            for s in range(self.num_shards)
-        ]
-        self.sizes = self._get([a.ready.remote() for a in self.shards])
+        self.shards, self.sizes = start_shards(
+            self.index_dir, self.num_shards, cfg, cpus_per_shard, shard_threads, restarts
+        )
         self._owns_embedder = embedder is None  # a shared embedder outlives this client
         self.embedder = embedder or Embedder.options(
             num_cpus=embedder_cpus, max_restarts=restarts, max_task_retries=restarts
@@ -148,6 +142,38 @@ class Retriever:
         for actor in self.shards + ([self.embedder] if self._owns_embedder else []):
             ray.kill(actor)
         self.shards = []
+
+
+def start_shards(
+    index_dir: Path,
+    num_shards: int,
+    cfg: IndexSection,
+    cpus_per_shard: float,
+    shard_threads: int = 1,
+    restarts: int = 0,
+) -> tuple[list, list[int]]:
+    """One RetrievalShard actor per shard, loaded and ready: (actors, their sizes)."""
+    from actors.retrieval_shard import RetrievalShard
+
+    shards = [
+        # A crashed shard reloads from disk; the calls in flight are retried.
+        RetrievalShard.options(
+            num_cpus=cpus_per_shard, max_restarts=restarts, max_task_retries=restarts
+        ).remote(str(index_dir), s, cfg.nprobe, shard_threads, cfg.rerank_factor)
+        for s in range(num_shards)
+    ]
+    return shards, Retriever._get([a.ready.remote() for a in shards])
+
+
+def shards_from_config(cfg: Config, index_dir: str | Path) -> tuple[list, list[int]]:
+    """The shard actors alone (no embedder), for a method that only needs filler chunks."""
+    index_dir = Path(index_dir)
+    num_shards = len(verify_index(index_dir)["shards"])
+    r = cfg.resources
+    return start_shards(
+        index_dir, num_shards, cfg.index, r.shard.cpus, r.torch_threads_per_actor,
+        cfg.cluster.actor_max_restarts,
+    )  # fmt: skip
 
 
 def _merge(

@@ -41,7 +41,7 @@ def test_run_whose_roles_together_do_not_fit_is_refused_naming_each_role(ray_loc
     line = str(err.value)
     assert "scorer 256" in line and "trainer 1" in line and "resources.<role>" in line, line
     assert "\n" not in line
-    # concat runs no scorer, verifier or retrieval actor: the same resources fit
+    # concat runs no scorer, verifier or embedder (only the shards, for fillers): it fits
     check_plan_fits(cfg, method_spec("concat"))
 
 
@@ -51,6 +51,6 @@ def test_plan_counts_only_the_roles_a_method_runs():
         "scorer", "verifier", "trainer", "shard", "embedder",
     }  # fmt: skip
     assert set(resource_plan(cfg, method_spec("nextlong"))) == {"trainer", "shard", "embedder"}
-    assert set(resource_plan(cfg, method_spec("concat"))) == {"trainer"}
+    assert set(resource_plan(cfg, method_spec("concat"))) == {"trainer", "shard"}  # fillers
     shards = resource_plan(cfg, method_spec("nextlong"))["shard"]["CPU"]
     assert shards == pytest.approx(cfg.index.num_shards * 0.1)

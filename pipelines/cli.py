@@ -187,6 +187,14 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
     run(cfg)
 
 
+def cmd_construct(cfg: Config, args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from pipelines.run import run
+
+    run(dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, train=False)))
+
+
 def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
     from pipelines.config import config_to_yaml
 
@@ -228,6 +236,11 @@ COMMANDS = {
     ),
     "report": (cmd_report, "rewrite a run's stage summaries, plots and report.md"),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),
+    "construct": (
+        cmd_construct,
+        "construct every stage's data with pi_0 and train nothing (stages.train=false): "
+        "<run dir>/dataset/stage_<k>/ holds Parquet rows and a dataset card",
+    ),
     "show-config": (cmd_show_config, "print the fully resolved config"),
 }
 

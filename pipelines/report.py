@@ -149,11 +149,12 @@ def write_report(run_dir: Path, cfg: Config | None = None) -> Path:
     before = _base_model_dir(cfg, run_dir / "corpus") if cfg is not None else None
     for stage_dir in stages:
         done = (stage_dir / "stage_manifest.json").is_file()
-        if cfg is not None and before is not None and done:
+        trained = (stage_dir / "model").is_dir()  # not with stages.train false
+        if cfg is not None and before is not None and done and trained:
             from pipelines.loss_gap import ensure_stage_loss_gap
 
             ensure_stage_loss_gap(stage_dir, before, cfg.eval.loss_gap_samples)
-        before = stage_dir / "model"
+        before = stage_dir / "model" if trained else before
         summary = stage_summary(stage_dir)
         (stage_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         rows.append(summary)

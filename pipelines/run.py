@@ -20,7 +20,8 @@ def run(cfg: Config) -> dict:
     summary = {
         "run_dir": str(cfg.run_dir),
         "method": cfg.stages.method,
-        "final_checkpoint": str(last / "model"),
+        "final_checkpoint": str(last / "model") if cfg.stages.train else None,
+        "datasets": str(cfg.run_dir / "dataset" / "stage_*"),
         "sample_logs": str(cfg.run_dir / "stages" / "stage_*" / "samples"),
         "report": result["report"],
         "new_work": result["new_work"],

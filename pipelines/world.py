@@ -9,6 +9,7 @@ second run reuses them and a killed run never leaves a half-written model behind
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -134,7 +135,19 @@ def check_model_path(cfg: Config) -> Path:
     return model_dir
 
 
+def gguf_model_dir(cfg: Config) -> Path:
+    """model.gguf (a .gguf file or a package shipping one) as an HF directory in the cache."""
+    from pipelines.gguf_import import import_gguf, packaged_gguf
+
+    source = cfg.model.gguf
+    path = Path(source) if source.endswith(".gguf") else packaged_gguf(source)
+    return import_gguf(path, cfg.run.cache_dir)
+
+
 def ensure_world(cfg: Config) -> World:
+    if cfg.model.gguf and not cfg.model.path:
+        model = dataclasses.replace(cfg.model, path=str(gguf_model_dir(cfg)))
+        cfg = dataclasses.replace(cfg, model=model)
     model_dir = check_model_path(cfg) if cfg.model.path else None
     corpus_dir = ensure_corpus(cfg)
     if model_dir is not None:

@@ -225,3 +225,18 @@ def test_a_driver_killed_between_stages_and_rerun_continues_where_it_stopped(
     assert manifest["policy_version_used"] == 1
     final = AutoModelForCausalLM.from_pretrained(str(stage_dir(cfg, 1) / "model"))
     assert final.config.rope_parameters["rope_theta"] == 80000.0
+
+
+def test_each_stage_is_exported_as_a_dataset_that_loads_with_its_provenance(e2e):
+    import datasets
+
+    cfg, _ = e2e
+    for k in range(2):
+        folder = cfg.run_dir / "dataset" / f"stage_{k}"
+        rows = datasets.load_dataset("parquet", data_files=str(folder / "*.parquet"))["train"]
+        assert rows["sample_id"] == _logged_ids(cfg, k)  # every committed sample, in order
+        first = rows[0]
+        assert first["seq_len"] == len(first["input_ids"]) and first["policy_version"] == k
+        assert first["text"] and first["n_positives"] >= 1 and first["method"] == "policylong"
+        card = (folder / "README.md").read_text()
+        assert f'"tau_pos": {cfg.verify.tau_pos}' in card and f'"policy_version": {k}' in card

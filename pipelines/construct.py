@@ -37,6 +37,7 @@ from pipelines.records import ScreenedDoc, Verdict
 from pipelines.retrieve import candidates_for, own_chunk_candidates
 from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
 from pipelines.screen import screen_batch
+from pipelines.tokenizer import document_separator_id
 
 log = logging.getLogger(__name__)
 CANDIDATE_SCHEMA = pa.schema(
@@ -196,7 +197,7 @@ def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | N
     with in_step("assemble"):
         s = assemble_sample(
             ctx.stage, doc_id, work.doc["input_ids"], positives, negatives, filler,
-            ctx.seq_len, ctx.tokenizer.eos_token_id, ctx.cfg.assemble, seed,
+            ctx.seq_len, document_separator_id(ctx.tokenizer), ctx.cfg.assemble, seed,
         )  # fmt: skip
     return {
         "sample_id": s.sample_id,

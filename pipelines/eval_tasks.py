@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.errors import UserError
+from pipelines.tokenizer import document_separator_id
 
 TASKS = (
     "niah_single",
@@ -88,7 +89,7 @@ class TaskBuilder:
         self.words = sorted({w for w in words if re.fullmatch(r"[a-z]{4,10}", w)})
         if len(self.words) < 50:
             raise UserError(f"the held-out text has {len(self.words)} distinct words; need 50")
-        self.eos = tokenizer.eos_token_id
+        self.eos = document_separator_id(tokenizer)
         # what a document starts with: BOS where the tokenizer has one (Llama), else EOS (Qwen2)
         self.start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))

@@ -36,6 +36,7 @@ from pipelines.config import EvalSection
 from pipelines.eval_tasks import EvalSample, TaskBuilder
 from pipelines.long_copy import SPAN
 from pipelines.probe import heldout_token_lists, max_positions, probe_model
+from pipelines.tokenizer import document_separator_id
 
 log = logging.getLogger(__name__)
 DECODE_ROOM = 64  # positions kept free after a prompt for the longest lead and answer
@@ -113,7 +114,7 @@ def _option_logprobs(branches: PromptBranches, pairs: list[tuple[list[int], list
 def score_sample(model, tokenizer, sample: EvalSample) -> dict:
     """{"exact", "likelihood", "generation"} of one sample (module docstring)."""
     model.eval()
-    eos = tokenizer.eos_token_id
+    eos = document_separator_id(tokenizer)
     branches = PromptBranches(model, sample.prompt_ids)
     leads = list(dict.fromkeys(tuple(q.lead) for q in sample.queries))  # distinct, in order
     budget = max(q.max_new_tokens for q in sample.queries)
@@ -136,7 +137,7 @@ def score_sample(model, tokenizer, sample: EvalSample) -> dict:
 def builder_for(tokenizer, corpus_dir: Path, cfg: EvalSection) -> TaskBuilder:
     """The suite's sample builder over the corpus's held-out documents."""
     docs = heldout_token_lists(corpus_dir, tokenizer)
-    stream = join_documents(docs, tokenizer.eos_token_id)
+    stream = join_documents(docs, document_separator_id(tokenizer))
     texts = tokenizer.batch_decode(docs)
     words = [w for text in texts for w in re.findall(r"\b[a-z]+\b", text)]
     return TaskBuilder(tokenizer, stream, words, cfg.options, cfg.seed)

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 
 from pipelines.errors import UserError  # noqa: E402
 from pipelines.long_copy import SAMPLES, SPAN, long_copy_gain  # noqa: E402
+from pipelines.tokenizer import document_separator_id
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def probe_model(
     start = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_dir or model_dir)
     docs = heldout_token_lists(corpus_dir, tokenizer)
-    eos = tokenizer.eos_token_id
+    eos = document_separator_id(tokenizer)
     stream = join_documents(docs, eos)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     gains = long_copy_gain(model, stream, distances, span, samples, seed, batch_size)

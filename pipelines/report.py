@@ -172,7 +172,8 @@ def write_report(run_dir: Path, cfg: Config | None = None) -> Path:
             lines.append(f"| {row['stage']} | " + " | ".join(cells) + " |")
         if len(rows) > 1:
             lines += ["", f"![curriculum]({_plot_curriculum(run_dir, rows)})"]
-    lines += _probe_section(run_dir, stages, cfg)
+    if cfg is None or cfg.stages.train:  # constructing only: no checkpoint to probe
+        lines += _probe_section(run_dir, stages, cfg)
     out = run_dir / "report.md"
     out.write_text("\n".join(lines) + "\n")
     return out
@@ -200,7 +201,10 @@ def _base_model_dir(cfg: Config, corpus_dir: Path) -> Path | None:
     """pi_0 of the run: model.path, else the cached base ensure_world built (None when gone)."""
     if cfg.model.path:
         return Path(cfg.model.path)
-    from pipelines.world import base_dir
+    from pipelines.world import base_dir, gguf_model_dir
+
+    if cfg.model.gguf:
+        return gguf_model_dir(cfg)  # cached: found again, not re-imported
 
     base = base_dir(cfg, corpus_dir)
     return base if (base / "config.json").is_file() else None

@@ -58,3 +58,15 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if len(tokenizer) < 2 or not tokenizer("hello world")["input_ids"]:
         raise UserError(f"cannot load a tokenizer from '{path}' (no tokenizer files): {hint}")
     return tokenizer
+
+
+# Pretraining end-of-text tokens, in the order they are looked for (Qwen2/SmolLM2, Llama 3).
+END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")
+
+
+def document_separator_id(tokenizer) -> int:
+    """The token between documents in a packed sequence: the pretraining end-of-text token. An
+    instruct tokenizer's EOS ends a chat turn (SmolLM2-Instruct, Qwen2.5-Instruct: <|im_end|>),
+    not a document; its vocabulary still holds the pretraining one, used when present."""
+    vocab = tokenizer.get_vocab()
+    return next((vocab[t] for t in END_OF_TEXT if t in vocab), tokenizer.eos_token_id)

@@ -83,7 +83,7 @@ def init_ray(cfg: ClusterSection) -> None:
 def resource_plan(cfg: Config, method: MethodSpec) -> dict[str, dict[str, float]]:
     """What each role of a run reserves from Ray, in total: {role: {"CPU": .., "GPU": ..}}."""
     r = cfg.resources
-    groups = {"trainer": r.trainer}
+    groups = {"trainer": r.trainer} if cfg.stages.train else {}  # constructing only: none
     if method.screens:
         groups |= {"scorer": r.scorer, "verifier": r.verifier}
     plan = {role: {"CPU": g.count * g.cpus, "GPU": g.count * g.gpus} for role, g in groups.items()}

@@ -54,3 +54,13 @@ def test_plan_counts_only_the_roles_a_method_runs():
     assert set(resource_plan(cfg, method_spec("concat"))) == {"trainer", "shard"}  # fillers
     shards = resource_plan(cfg, method_spec("nextlong"))["shard"]["CPU"]
     assert shards == pytest.approx(cfg.index.num_shards * 0.1)
+
+
+def test_a_construct_only_run_reserves_no_trainer():
+    import dataclasses
+
+    cfg = _cfg(shard={"cpus": 0.1}, embedder={"cpus": 0.25})
+    cfg = dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, train=False))
+    assert set(resource_plan(cfg, method_spec("policylong"))) == {
+        "scorer", "verifier", "shard", "embedder",
+    }  # fmt: skip

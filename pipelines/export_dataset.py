@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import Config
-from pipelines.sample_log import SampleLog
+from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,20 +43,19 @@ def _code_version() -> str:
 def _rows(cfg: Config, k: int, sdir: Path, tokenizer) -> pa.Table:
     log = SampleLog(sdir / "samples")
     tables = [log.read(c.name) for c in log.commits()]  # commit order = training order
-    if not tables:
-        return pa.table({})
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
+    n = table.num_rows
     roles = [[s["role"] for s in segs] for segs in table.column("segments").to_pylist()]
     extra = {
-        "text": [tokenizer.decode(ids) for ids in table.column("input_ids").to_pylist()],
-        "method": [cfg.stages.method] * table.num_rows,
-        "seq_len": [cfg.stages.seq_lens[k]] * table.num_rows,
-        "rope_theta": [cfg.stages.rope_thetas[k]] * table.num_rows,
-        "n_positives": [r.count("positive") for r in roles],
-        "n_negatives": [r.count("negative") for r in roles],
+        "text": ([tokenizer.decode(x) for x in table.column("input_ids").to_pylist()], pa.string()),
+        "method": ([cfg.stages.method] * n, pa.string()),
+        "seq_len": ([cfg.stages.seq_lens[k]] * n, pa.int32()),
+        "rope_theta": ([cfg.stages.rope_thetas[k]] * n, pa.float64()),
+        "n_positives": ([r.count("positive") for r in roles], pa.int32()),
+        "n_negatives": ([r.count("negative") for r in roles], pa.int32()),
     }
-    for name, values in extra.items():
-        table = table.append_column(name, pa.array(values))
+    for name, (values, kind) in extra.items():
+        table = table.append_column(name, pa.array(values, type=kind))
     return table
 
 
@@ -114,7 +113,7 @@ def export_stage(cfg: Config, k: int, sdir: Path, tokenizer, record: dict) -> Pa
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     table = _rows(cfg, k, sdir, tokenizer)
-    if table.num_rows:
+    if table.num_rows:  # `datasets` cannot read a 0-row Parquet file: the card says 0 samples
         pq.write_table(table, tmp / "data-00000.parquet")
     (tmp / "README.md").write_text(_card(cfg, k, record, table.num_rows))
     shutil.rmtree(out, ignore_errors=True)

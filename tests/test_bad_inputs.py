@@ -55,13 +55,15 @@ def earlier_run(tmp_path, tiny_world):
 
 @pytest.fixture
 def own_cache(tmp_path, tiny_world, test_config):
-    """A copy of the content-addressed cache this profile uses (pi_0 and its index), to damage."""
-    from pipelines.build_index import cached_index_dir
+    """A copy of the content-addressed cache this profile uses (pi_0 and its index, built here
+    when no earlier test has), to damage."""
+    from pipelines.build_index import build_index, cached_index_dir
 
     cache = tmp_path / "cache"
-    index_dir = cached_index_dir(test_config, tiny_world.corpus_dir, tiny_world.model_dir)
-    for src in (Path(tiny_world.model_dir), index_dir):
-        assert src.is_dir(), f"{src} is not built: the suite's world fixture builds it"
+    corpus, model = tiny_world.corpus_dir, Path(tiny_world.model_dir)
+    index_dir = cached_index_dir(test_config, corpus, model)
+    build_index(index_dir, corpus, model, test_config.index, test_config.run.seed)
+    for src in (model, index_dir):
         shutil.copytree(src, cache / src.name)
     return cache, cache / index_dir.name
 

@@ -230,11 +230,17 @@ def test_a_driver_killed_between_stages_and_rerun_continues_where_it_stopped(
 def test_each_stage_is_exported_as_a_dataset_that_loads_with_its_provenance(e2e):
     import datasets
 
+    from pipelines.sample_log import SampleLog
+
     cfg, _ = e2e
     for k in range(2):
         folder = cfg.run_dir / "dataset" / f"stage_{k}"
         rows = datasets.load_dataset("parquet", data_files=str(folder / "*.parquet"))["train"]
-        assert rows["sample_id"] == _logged_ids(cfg, k)  # every committed sample, in order
+        log = SampleLog(stage_dir(cfg, k) / "samples")
+        in_commit_order = [
+            i for c in log.commits() for i in log.read(c.name)["sample_id"].to_pylist()
+        ]
+        assert rows["sample_id"] == in_commit_order  # every committed sample, as trained
         first = rows[0]
         assert first["seq_len"] == len(first["input_ids"]) and first["policy_version"] == k
         assert first["text"] and first["n_positives"] >= 1 and first["method"] == "policylong"

@@ -56,18 +56,28 @@ def pack(token_lists: list[list[int]], eos_id: int, seq_len: int) -> torch.Tenso
     return torch.from_numpy(flat[: rows * seq_len].reshape(rows, seq_len))
 
 
-def add_repeated_spans(blocks: torch.Tensor, fraction: float, seed: int) -> tuple:
+def add_repeated_spans(
+    blocks: torch.Tensor, fraction: float, seed: int, order: torch.Tensor | None = None
+) -> tuple:
     """Copy a span of the first half of some rows into their second half.
 
     Returns (rows, copied): copied marks the tokens a policy that reads its context can predict
     from the earlier span (all of the copy but its first token). The copy loss on them keeps the
     induction heads of the warm-up alive and stretches them to the distances of real text.
+
+    `order` is the order the rows are trained in: the rows with a span are then spread evenly
+    over it (every batch holds its share). Picking them with a permutation from the trainer's
+    seed would repeat the trainer's own order and put them all in the first steps.
     """
     out = blocks.clone()
     copied = torch.zeros_like(out, dtype=torch.bool)
     gen = torch.Generator().manual_seed(seed)
     rows, T = out.shape
-    for i in torch.randperm(rows, generator=gen)[: int(rows * fraction)].tolist():
+    n = int(rows * fraction)
+    if order is None:
+        order = torch.randperm(rows, generator=gen)
+    chosen = order[(torch.arange(n) * rows) // max(1, n)] if n else order[:0]
+    for i in chosen.tolist():
         length = int(torch.randint(8, max(9, T // 4), (1,), generator=gen))
         src = int(torch.randint(0, max(1, T // 2 - length), (1,), generator=gen))
         dst = int(torch.randint(T // 2, max(T // 2 + 1, T - length), (1,), generator=gen))
@@ -234,7 +244,7 @@ def pretrain(
         return [(*copy_rows(frequent, n, cfg.seq_len, cfg.copy_distance_span, gen), frequent)]
 
     order = torch.randperm(len(train_blocks), generator=gen)
-    text_rows, text_copied = add_repeated_spans(train_blocks, cfg.repeat_fraction, seed)
+    text_rows, text_copied = add_repeated_spans(train_blocks, cfg.repeat_fraction, seed, order)
 
     def text(step: int) -> list[Part]:
         idx = order[(torch.arange(cfg.batch_size) + step * cfg.batch_size) % len(order)]

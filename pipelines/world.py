@@ -29,7 +29,7 @@ from pipelines.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 # Part of the cache key: bump when the code that builds the base changes its result.
-BASE_BUILD_VERSION = 5
+BASE_BUILD_VERSION = 6
 
 
 @dataclass

@@ -170,3 +170,24 @@ def test_induction_phase_ends_when_formed_not_at_its_step_budget(test_config):
     )
     metrics = base_model.pretrain(model, blocks, blocks[:2], cfg, seed=0)
     assert metrics["phase_steps"] == {"induction": 25, "distance": 2, "text": 2}
+
+
+@pytest.mark.timeout(120)
+def test_rows_with_a_repeated_span_are_spread_over_the_whole_text_phase(test_config, monkeypatch):
+    """Issue 28: the rows with a copied span were picked by the same seeded permutation that
+    orders the text rows, so all of them came first and none in the second half of the phase."""
+    cfg, model, blocks = _small_pretrain(test_config, max_tokens=2 * 64 * 40, repeat_fraction=0.5)
+    blocks = torch.randint(1, 64, (80, 64), generator=torch.Generator().manual_seed(1))
+    copied_rows = []  # per text step: rows of the batch holding copied tokens
+    real_loss = base_model.lm_and_copy_loss
+
+    def recording(model, x, copied, weight, vocab=None):
+        copied_rows.append(int(copied.any(dim=1).sum()))
+        return real_loss(model, x, copied, weight, vocab)
+
+    monkeypatch.setattr(base_model, "lm_and_copy_loss", recording)
+    base_model.pretrain(model, blocks, blocks[:2], cfg, seed=0)
+    assert len(copied_rows) == 40
+    windows = [sum(copied_rows[i : i + 10]) for i in range(0, 40, 10)]
+    assert all(w >= 8 for w in windows), windows  # half of each 2-row batch, 10 per window
+    assert sum(copied_rows) == 40  # half of the 80 rows

@@ -10,18 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+from typing import TYPE_CHECKING
 
 from pipelines.errors import UserError
+
+# transformers is imported inside the functions: the config schema reaches this module (through
+# eval_tasks), and importing transformers costs 3-5 s of a `policylong --help` that needs none.
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int, out_dir: Path):
     """Train byte-level BPE (no unknown tokens: every byte is in the base alphabet) and save it."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -46,6 +60,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int, o
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
     hint = "point tokenizer.path / model.path at an HF model directory with tokenizer files"
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))

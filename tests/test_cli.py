@@ -42,3 +42,41 @@ def test_cluster_addresses_ray_resolves_itself_are_not_probed():
 
     for address in ("auto", "head-node"):
         check_reachable(address, 0.1)  # no host:port to probe: Ray's own resolution applies
+
+
+# What a `--help` or a config error must not pay for: each of these costs seconds to import on a
+# 2-core machine (torch and transformers alone made `policylong --help` take 8-12 s).
+HEAVY_MODULES = ("torch", "ray", "vllm", "transformers", "faiss", "sentence_transformers")
+
+_IMPORT_CHECK = """
+import contextlib, io, json, sys
+from pipelines.cli import COMMANDS, main
+calls = [["--help"]] + [[c, "--help"] for c in sorted(COMMANDS)]
+calls.append(["run", "--set", "screen.alpah=2"])  # a config error: exit code 2 before any work
+loaded = {}
+for argv in calls:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:]))
+    loaded[" ".join(argv)] = [code, heavy]
+print(json.dumps(loaded))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_help_and_config_errors_import_no_heavy_library():
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, *HEAVY_MODULES],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = json.loads(proc.stdout)
+    assert len(loaded) == len(COMMANDS) + 2
+    assert loaded["run --set screen.alpah=2"][0] == 2
+    assert {argv: heavy for argv, (_, heavy) in loaded.items() if heavy} == {}

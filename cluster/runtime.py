@@ -54,7 +54,13 @@ def init_ray(cfg: ClusterSection) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         check_reachable(address, cfg.connect_timeout_s)
-    local = {"runtime_env": {"worker_process_setup_hook": quiet_worker_logs}} if not address else {}
+    # A local Ray is one node, which Ray never drains: Ray Train's preemption watcher (started
+    # per stage, per worker group) has nothing to watch. Ray starts it with the workers' actor
+    # handles as constructor arguments and max_restarts -1, which it reports at ERROR level in
+    # every stage (ray-project/ray#53727). A joined cluster keeps it (its nodes can be drained).
+    env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    setup = {"worker_process_setup_hook": quiet_worker_logs, "env_vars": env}
+    local = {"runtime_env": setup} if not address else {}
     if not address:
         # A new local Ray turns token authentication on (the default when RAY_AUTH_MODE is
         # unset) and says so in a warning that opens every command. Authentication stays on;

@@ -139,17 +139,25 @@ def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
 
 
 def embed_chunks(chunks: pa.Table, cfg: IndexSection, cpus: float = 1.0) -> np.ndarray:
-    """(n_chunks, dim) float32 unit vectors in chunk-table row order, via a Ray Data actor pool."""
+    """(n_chunks, dim) float32 unit vectors in chunk-table row order, via Ray Data tasks."""
     import ray
 
-    from actors.embedder import EmbedBatch
+    from actors.embedder import embed_batch
 
-    ds = ray.data.from_arrow(chunks.select(["chunk_id", "text"])).map_batches(
-        EmbedBatch,
-        fn_constructor_args=(cfg.embedder, cfg.embed_batch_size, embedder_threads(cpus)),
+    # Blocks of one embedding batch: tasks spread over the cluster and the bar moves per batch.
+    step = cfg.embed_batch_size
+    table = chunks.select(["chunk_id", "text"])
+    blocks = [table.slice(i, step) for i in range(0, table.num_rows, step)] or [table]
+    ds = ray.data.from_arrow(blocks).map_batches(
+        embed_batch,
+        fn_kwargs={
+            "name": cfg.embedder,
+            "batch_size": cfg.embed_batch_size,
+            "threads": embedder_threads(cpus),
+        },
         batch_format="pyarrow",
         batch_size=cfg.embed_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.embed_actors),
+        compute=ray.data.TaskPoolStrategy(size=cfg.embed_actors),
         num_cpus=cpus,
     )
     row_of = {cid: i for i, cid in enumerate(chunks["chunk_id"].to_pylist())}
@@ -224,7 +232,7 @@ def build_index(
     embedder_cpus: float = 1.0,
 ) -> IndexBuild:
     """Build (or reuse) the index of `corpus_dir` chunked with the tokenizer in `tokenizer_dir`.
-    Each of the index.embed_actors embedding actors reserves `embedder_cpus`."""
+    Each of the index.embed_actors concurrent embedding tasks reserves `embedder_cpus`."""
     index_dir, tokenizer_dir = Path(index_dir), Path(tokenizer_dir)
     docs = index_docs(corpus_dir, cfg)
     key = build_key(docs["doc_id"].to_pylist(), tokenizer_dir, cfg)

@@ -11,6 +11,7 @@ deterministic and a client can find a chunk's shard from its id alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -80,24 +81,21 @@ def chunk_documents(
     return pa.table(cols, schema=CHUNK_SCHEMA)
 
 
-class ChunkBatch:
-    """Ray Data callable: loads the tokenizer once per worker, chunks batches of documents."""
+@functools.lru_cache(maxsize=4)
+def _tokenizer(tokenizer_dir: str):
+    """The tokenizer, loaded once per Ray worker process (tasks reuse their worker)."""
+    from pipelines.tokenizer import load_tokenizer
 
-    def __init__(self, tokenizer_dir: str, chunk_tokens: int, min_chunk_tokens: int):
-        from pipelines.tokenizer import load_tokenizer
+    return load_tokenizer(tokenizer_dir)
 
-        self.tokenizer = load_tokenizer(tokenizer_dir)
-        self.chunk_tokens = chunk_tokens
-        self.min_chunk_tokens = min_chunk_tokens
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return chunk_documents(
-            batch["doc_id"].to_pylist(),
-            batch["text"].to_pylist(),
-            self.tokenizer,
-            self.chunk_tokens,
-            self.min_chunk_tokens,
-        )
+def _chunk_batch(
+    batch: pa.Table, tokenizer_dir: str, chunk_tokens: int, min_chunk_tokens: int
+) -> pa.Table:
+    """Ray Data task: the chunks of a batch of documents (doc_id, text columns)."""
+    tokenizer = _tokenizer(tokenizer_dir)
+    doc_ids, texts = batch["doc_id"].to_pylist(), batch["text"].to_pylist()
+    return chunk_documents(doc_ids, texts, tokenizer, chunk_tokens, min_chunk_tokens)
 
 
 def chunk_corpus(
@@ -111,15 +109,26 @@ def chunk_corpus(
     """All chunks of `docs` (doc_id, text columns), tokenized in parallel with Ray Data.
 
     The result is sorted by (doc_id, ordinal), so it does not depend on how work was scheduled.
+    Tasks, not an actor pool: Ray Data hands a pool's actors their constructor arguments through
+    the object store with max_restarts -1, which Ray reports at ERROR level in every run
+    (ray-project/ray#57733); a failed task is simply retried.
     """
     import ray
 
-    chunks = ray.data.from_arrow(docs.select(["doc_id", "text"])).map_batches(
-        ChunkBatch,
-        fn_constructor_args=(str(tokenizer_dir), chunk_tokens, min_chunk_tokens),
+    blocks = [
+        docs.select(["doc_id", "text"]).slice(i, batch_docs)
+        for i in range(0, len(docs), batch_docs)
+    ]
+    chunks = ray.data.from_arrow(blocks or [docs.select(["doc_id", "text"])]).map_batches(
+        _chunk_batch,
+        fn_kwargs={
+            "tokenizer_dir": str(tokenizer_dir),
+            "chunk_tokens": chunk_tokens,
+            "min_chunk_tokens": min_chunk_tokens,
+        },
         batch_format="pyarrow",
         batch_size=batch_docs,
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray.data.TaskPoolStrategy(size=workers),
     )
     tables = list(chunks.iter_batches(batch_format="pyarrow", batch_size=None))
     table = pa.concat_tables(tables).cast(CHUNK_SCHEMA) if tables else CHUNK_SCHEMA.empty_table()

@@ -169,11 +169,22 @@ def _ledger_truncate(path: Path, from_step: int) -> None:
         path.write_text("".join(x + "\n" for x in keep))
 
 
+def quiet_report_log() -> None:
+    """Ray Train's workers log "Reporting training result N: TrainingReport(...)" at INFO for
+    every ray.train.report of every rank (each logged step of each stage). Its logger is named
+    by its file's path (logging.getLogger(__file__) in ray.train.v2._internal.execution.context),
+    not "ray.train...", so LoggingConfig(log_level="WARNING") does not reach it."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_stage_worker(spec_dict: dict) -> None:
     """The Ray Train worker loop for one stage."""
     import ray.train
     import ray.train.torch
 
+    quiet_report_log()
     spec = StageTrainSpec(**spec_dict)
     cfg = TrainSection(**spec.train)
     ctx = ray.train.get_context()

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# per-test time limits that name a hung test, and fixture build budgets (tests/timeouts.py)
+from timeouts import pytest_timeout_set_timer  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

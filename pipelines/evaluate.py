@@ -9,7 +9,8 @@ Scores per task and length, averaged over samples (a sample's score is the mean 
 questions, RULER's string-match-all):
     exact       share of gold answers found (case-insensitive) in the greedy continuation
     likelihood  share of questions whose gold answer has the highest mean log-probability among
-                eval.options answers of the same kind (chance = 1 / eval.options)
+                eval.options answers of the same kind, the wrong ones taken from the same prompt
+                (chance = 1 / eval.options; a tie for first counts 1 / tied)
 
 The evaluation runs in-process with HF transformers, on the GPU when there is one. It does not
 go through the configured screening backend: on the small models it is built for, one forward per
@@ -39,7 +40,7 @@ from pipelines.probe import heldout_token_lists, max_positions, probe_model
 from pipelines.tokenizer import document_separator_id
 
 log = logging.getLogger(__name__)
-DECODE_ROOM = 64  # positions kept free after a prompt for the longest lead and answer
+DECODE_ROOM = 128  # positions kept free after a prompt: the longest lead and answer (RULER: 128)
 
 
 class PromptBranches:
@@ -110,6 +111,13 @@ def _option_logprobs(branches: PromptBranches, pairs: list[tuple[list[int], list
     return out
 
 
+def gold_credit(scores) -> float:
+    """1 when the gold option (scores[0]) ranks strictly first, 1/k when k options tie for
+    first with it, else 0: a scorer that cannot tell the options apart scores chance exactly."""
+    top = max(scores)
+    return 1.0 / sum(s == top for s in scores) if scores[0] == top else 0.0
+
+
 @torch.no_grad()
 def score_sample(model, tokenizer, sample: EvalSample) -> dict:
     """{"exact", "likelihood", "generation"} of one sample (module docstring)."""
@@ -122,11 +130,12 @@ def score_sample(model, tokenizer, sample: EvalSample) -> dict:
     text = {lead: tokenizer.decode(t) for lead, t in zip(leads, tokens, strict=True)}
     exact = [q.answer.lower() in text[tuple(q.lead)].lower() for q in sample.queries]
     asked = [q for q in sample.queries if q.options]
-    logps = _option_logprobs(branches, [(q.lead, o) for q in asked for o in q.options])
+    pairs = [(q.option_lead or q.lead, o) for q in asked for o in q.options]
+    logps = _option_logprobs(branches, pairs)
     ranked, at = [], 0
     for q in asked:
         scores, at = logps[at : at + len(q.options)], at + len(q.options)
-        ranked.append(scores[0] > max(scores[1:]))
+        ranked.append(gold_credit(scores))
     return {
         "exact": float(np.mean(exact)),
         "likelihood": float(np.mean(ranked)),

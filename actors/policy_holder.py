@@ -154,6 +154,20 @@ class PolicyHolder:
         self.backend.load_weights({"config": config, "state_dict": state}, version)
         return self.backend.version
 
+    # vLLM's weight-transfer API (cluster/transport_vllm_api.py): its sender drives these.
+    def begin_weight_transfer(self, config: dict) -> bool:
+        """Whether this actor's engine receives `config`'s weights in place."""
+        return self.backend.begin_transfer(config)
+
+    def weight_transfer_call(self, method: str, payload: dict | None = None) -> None:
+        self.backend.transfer_call(method, payload)
+
+    def end_weight_transfer(self, model_dir: str, lm_head, version: int) -> int:
+        """lm_head: the sender's float32 array (read-only, shared): copied, the sender may go."""
+        self.backend.end_transfer(model_dir, torch.tensor(lm_head), version)
+        self.model_dir = model_dir
+        return self.backend.version
+
     def engine_restarts(self) -> int:
         """How often a vLLM engine was restarted for a changed architecture (0 for HF)."""
         return getattr(self.backend, "restarts", 0)

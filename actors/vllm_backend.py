@@ -5,10 +5,13 @@
 the backend reads it from the checkpoint's safetensors itself (`lm_head.weight`, or
 `model.embed_tokens.weight` when the embeddings are tied) and the chunked entropy math applies it.
 
-Weight sync (CPU path, docs/architecture.md): `collective_rpc("reload_weights",
-kwargs={"weights_path": dir})` reloads the parameters in place; tensors passed through
-collective_rpc arrive mangled, so a state_dict is not accepted here. `reload_weights` does *not*
-re-read config.json: a raised RoPE base (what every stage does) is applied in the worker by
+Weight sync, two ways in without a restart: from a checkpoint dir, `collective_rpc(
+"reload_weights", kwargs={"weights_path": dir})` reloads the parameters in place (tensors passed
+through collective_rpc arrive mangled, so a state_dict is not accepted here); as tensors, vLLM's
+weight-transfer API (`begin_transfer` / `transfer_call` / `end_transfer`, driven by
+cluster/transport_vllm_api.py): the engine starts with `weight_transfer_config` (a gloo engine
+on CPU, vLLM's NCCL engine on GPU; the worker extension registers both). Neither re-reads
+config.json: a raised RoPE base (what every stage does) is applied in the worker by
 actors/vllm_worker_extension.py (the rotary cos/sin cache recomputed in place); any other
 architecture change restarts the engine (~20 s on CPU).
 
@@ -72,6 +75,14 @@ def arch_config(model_dir: str | Path) -> dict:
     return architecture(json.loads((Path(model_dir) / "config.json").read_text()))
 
 
+def transfer_engine() -> str:
+    """The weight-transfer engine of this host's vLLM workers (registered by the worker
+    extension): gloo on its CPU build, vLLM's NCCL engine on GPUs."""
+    from vllm.platforms import current_platform
+
+    return "gloo" if current_platform.is_cpu() else "nccl_pooling"
+
+
 def _quiet_vllm() -> None:
     """Before vLLM is imported: its CPU build warns at every engine start about what this host
     lacks (Triton, tcmalloc, iomp, CUDA graphs), a dozen lines per actor that say nothing about
@@ -102,6 +113,7 @@ class VLLMBackend:
         self.enforce_eager = enforce_eager
         self.model_dir = str(model_dir)
         self.restarts = 0  # engine restarts for a changed architecture (tests, logs)
+        self._incoming: dict | None = None  # the architecture of a weight transfer in flight
         self.llm = self._start(self.model_dir)
         self._lm_head = read_lm_head(self.model_dir)
         self._arch = arch_config(self.model_dir)
@@ -124,6 +136,8 @@ class VLLMBackend:
             enable_prefix_caching=False,  # every token's hidden state must be computed
             enforce_eager=self.enforce_eager,
             worker_extension_cls=WORKER_EXTENSION,  # in-place RoPE base updates
+            # vLLM's weight-transfer API (idle until a sender initializes it).
+            weight_transfer_config={"backend": transfer_engine()},
         )
 
     def hidden_states(self, sequences: list[list[int]]) -> list[torch.Tensor]:
@@ -155,13 +169,48 @@ class VLLMBackend:
                 # 0 plain rotary embeddings updated in some worker: restart to be safe.
                 in_place = 0 not in self.llm.collective_rpc("set_rope_theta", args=(theta,))
         if not in_place:
-            log.info("vLLM: architecture of '%s' differs: restarting engine", source)
-            self.shutdown()
-            self.llm = self._start(source)
-            self.restarts += 1
+            self._restart(source)
         self._lm_head = read_lm_head(source)
         self._arch = arch_config(source)
         self.model_dir = source
+        self.version = version
+
+    def _restart(self, model_dir: str) -> None:
+        log.info("vLLM: architecture of '%s' differs: restarting engine", model_dir)
+        self.shutdown()
+        self.llm = self._start(model_dir)
+        self.restarts += 1
+
+    # vLLM's weight-transfer API, one sync = begin, the sender's calls, end.
+    def begin_transfer(self, config: dict) -> bool:
+        """Can this engine receive the weights of `config` (a config.json) in place: the same
+        architecture, or only a new RoPE base? If not, the caller restarts it from the dir."""
+        new = architecture(config)
+        self._incoming = new
+        return new == self._arch or rope_only_change(self._arch, new) is not None
+
+    def transfer_call(self, method: str, payload: dict | None = None) -> None:
+        """One call of the protocol on this engine (vLLM's LLM RL API): init_weight_transfer_
+        engine, start_weight_update, update_weights, finish_weight_update or shutdown_weight_
+        transfer_engine."""
+        if method == "init_weight_transfer_engine":
+            self.llm.init_weight_transfer_engine({"init_info": payload})
+        elif method == "update_weights":
+            self.llm.update_weights({"update_info": payload})
+        else:
+            getattr(self.llm, method)()
+
+    def end_transfer(self, model_dir: str, lm_head: torch.Tensor, version: int) -> None:
+        """After finish_weight_update: apply a new RoPE base, adopt the lm_head and version."""
+        new, self._incoming = self._incoming, None
+        if new is None:
+            raise RuntimeError("end_transfer without begin_transfer")
+        theta = rope_only_change(self._arch, new) if new != self._arch else None
+        if theta is not None and 0 in self.llm.collective_rpc("set_rope_theta", args=(theta,)):
+            self._restart(model_dir)  # no plain rotary embedding found: rebuild to be safe
+        self._lm_head = lm_head
+        self._arch = new
+        self.model_dir = model_dir
         self.version = version
 
     def shutdown(self) -> None:

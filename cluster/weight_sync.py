@@ -12,6 +12,9 @@ One small interface, one module per transport (NeMo-RL style):
                              for actors that should not read the run's storage.
     transport_collective     HF backends: one sender broadcasts flat buckets to every actor
                              (NCCL on GPUs, gloo on CPU): one storage read per sync.
+    transport_vllm_api       `collective` with vLLM backends: the same idea through vLLM's own
+                             weight-transfer API into the running engines (vLLM's NCCL engine
+                             on GPUs, a gloo engine registered at run time on CPU).
 
 After sending, each actor reports its policy version and the entropies of a fixed probe; they must
 equal the trainer's own values, or the stage does not start.
@@ -49,12 +52,16 @@ def make_transport(
 ) -> WeightTransport:
     if kind == "auto":
         kind = "checkpoint_dir"
-    if kind in ("object_store", "collective") and backend == "vllm":
+    if kind == "object_store" and backend == "vllm":
         raise UserError(
-            f"stages.weight_transport '{kind}' needs HF backends (screen.backend / "
-            "verify.backend 'hf'): a running vLLM engine here only reloads from a checkpoint "
-            "dir; use 'checkpoint_dir' or 'auto'"
+            "stages.weight_transport 'object_store' needs HF backends (screen.backend / "
+            "verify.backend 'hf'): a running vLLM engine takes tensors only through its "
+            "weight-transfer API; use 'collective', 'checkpoint_dir' or 'auto'"
         )
+    if kind == "collective" and backend == "vllm":
+        from cluster.transport_vllm_api import VLLMWeightTransferTransport
+
+        return VLLMWeightTransferTransport(bucket_mb, device)
     if kind == "object_store":
         from cluster.transport_object_store import ObjectStoreTransport
 

@@ -204,12 +204,16 @@ def _check_cross_fields(cfg: Config) -> None:
         raise ConfigError("config key 'eval.lengths' needs lengths >= 64 tokens")
     if cfg.corpus.min_chars > cfg.corpus.max_chars:
         raise ConfigError("config key 'corpus.min_chars' must be <= corpus.max_chars")
-    tensor_transport = cfg.stages.weight_transport in ("object_store", "collective")
-    if tensor_transport and "vllm" in (cfg.screen.backend, cfg.verify.backend):
+    # 'collective' reaches a vLLM engine through vLLM's weight-transfer API; Ray's object store
+    # cannot (cluster/weight_sync.py).
+    if cfg.stages.weight_transport == "object_store" and "vllm" in (
+        cfg.screen.backend,
+        cfg.verify.backend,
+    ):
         raise ConfigError(
-            f"config key 'stages.weight_transport' = '{cfg.stages.weight_transport}' needs "
-            "screen.backend and verify.backend 'hf' (a vLLM engine reloads from a checkpoint "
-            "dir): use 'checkpoint_dir' or 'auto'"
+            "config key 'stages.weight_transport' = 'object_store' needs screen.backend and "
+            "verify.backend 'hf' (a vLLM engine takes tensors only through its weight-transfer "
+            "API): use 'collective', 'checkpoint_dir' or 'auto'"
         )
 
 

@@ -202,8 +202,9 @@ class StagesSection:
     probe_tokens: int = field(default=64, metadata=_r(2))  # fixed probe checked after a broadcast
     probe_tolerance: float = field(default=1e-4, metadata=_r(0.0))
     # How the trainer's weights reach the actors (cluster/weight_sync.py): auto = checkpoint_dir
-    # (HF backends memory-map it, vLLM reload_weights); object_store and collective (one sender
-    # broadcasting buckets over gloo on CPU / NCCL on GPU) need HF backends.
+    # (HF backends memory-map it, vLLM reload_weights); collective: one sender broadcasting
+    # buckets over gloo on CPU / NCCL on GPU (into vLLM engines through vLLM's weight-transfer
+    # API); object_store needs HF backends.
     weight_transport: Literal["auto", "object_store", "checkpoint_dir", "collective"] = "auto"
     weight_bucket_mb: int = field(default=256, metadata=_r(1))  # collective transport buckets
     # false = construct data only: every stage screens and verifies with pi_0 and trains nothing

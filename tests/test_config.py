@@ -49,9 +49,9 @@ def test_paper_profile_has_paper_hyperparameters():
         ({"model": {"hidden_size": 256, "num_heads": 3}}, "model.num_heads", "divide"),
         ({"screen": 5}, "screen", "mapping"),
         (
-            {"screen": {"backend": "vllm"}, "stages": {"weight_transport": "collective"}},
+            {"screen": {"backend": "vllm"}, "stages": {"weight_transport": "object_store"}},
             "stages.weight_transport",
-            "use 'checkpoint_dir' or 'auto'",
+            "use 'collective', 'checkpoint_dir' or 'auto'",
         ),
     ],
 )

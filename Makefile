@@ -39,8 +39,9 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# PolicyLong vs EntropyLong vs NExtLong vs concat from the same pi_0, evaluated (about 2 hours on
-# 2 cores for the embedded default with 2 seeds). Reruns reuse finished runs and evaluations.
-SEEDS ?= 0,1
+# PolicyLong vs its static ablation, EntropyLong, NExtLong and concat from the same pi_0, three
+# stages (configs/tiny-compare.yaml), evaluated; hours on 2 cores. Each finished run's results
+# land in docs/results/compare-tiny/ (commit them): a rerun, here or elsewhere, skips those runs.
+SEEDS ?= 0,1,2
 compare: setup
-	$(BIN)/policylong compare --config $(PROFILE) --seeds $(SEEDS)
+	$(BIN)/policylong compare --config configs/tiny-compare.yaml --seeds $(SEEDS)

@@ -1,4 +1,6 @@
-"""Step 4 — assemble: one training sequence of exactly seq_len tokens per seed document.
+"""Step 4 — assemble: one training sequence of exactly seq_len tokens per seed document
+(PolicyLong's and plain concatenation's layout; EntropyLong's and NExtLong's are in
+assemble_entropylong.py and assemble_nextlong.py).
 
 Layout (left to right), segments separated by EOS:
 
@@ -9,6 +11,9 @@ Layout (left to right), segments separated by EOS:
 Positives are spread over the first `positive_region` share of the prefix, hard negatives over the
 rest, random filler chunks fill the gaps, and the last filler is cut so the total is exact. The
 same inputs and seed always give the same sample.
+
+The document is the stage's document window (`document_window`): exactly the tokens screening
+scored, so every anchor a positive was verified for is in the sample, at the place it was scored.
 
 Filler chunks come from the retrieval shards (FillerPool): the driver holds only the shards'
 sizes, never the chunk table (10^9 chunks at the paper's scale); each shard samples from its own
@@ -30,9 +35,11 @@ from pipelines.config import AssembleSection
 class Piece:
     chunk_id: str
     input_ids: list[int]
-    role: str  # positive | negative | filler | document
+    role: str  # positive | negative | filler | document | meta_chunk
     r: float = float("nan")
     similarity: float = float("nan")
+    doc_id: str = ""  # the seed document it serves (its own id for a document piece)
+    anchors: list[int] = field(default_factory=list)  # document positions it was verified at
 
 
 @dataclass
@@ -41,6 +48,63 @@ class Sample:
     seed_doc_id: str
     input_ids: list[int]
     segments: list[dict] = field(default_factory=list)
+
+
+def document_window(seq_len: int, max_doc_tokens: int) -> int:
+    """How many of a seed document's first tokens a stage screens and its samples hold.
+
+    The document's beginning (not its end): the entropy screening computes at position t is
+    H(x_t | d_<t) with d starting at the document's start, and the sample holds the same d_<t
+    right before x_t. The document never takes more than half the window, so the other half is
+    left for the contexts that resolve it."""
+    return min(max_doc_tokens, seq_len // 2)
+
+
+def make_sample_id(stage: int, doc_ids: list[str], seq_len: int) -> str:
+    key = f"{stage}:{','.join(doc_ids)}:{seq_len}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+class SampleBuilder:
+    """Token ids and their segments (provenance: role, place, what each piece serves)."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.segments: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def place(self, piece: Piece, ids: list[int], offset: int = 0) -> None:
+        """Append `ids` (piece.input_ids from `offset` on, maybe with a separator or cut)."""
+        self.segments.append(
+            {
+                "chunk_id": piece.chunk_id,
+                "role": piece.role,
+                "start": len(self.ids),
+                "length": len(ids),
+                "r": piece.r,
+                "similarity": piece.similarity,
+                "doc_id": piece.doc_id,
+                "anchors": list(piece.anchors),
+                "offset": offset,
+            }
+        )
+        self.ids.extend(ids)
+
+
+def anchors_kept(segments: list[dict]) -> tuple[int, int]:
+    """(anchors of the sample's positives, those whose document token is in the sample)."""
+    docs = {s["doc_id"]: s for s in segments if s["role"] == "document"}
+    total = kept = 0
+    for s in segments:
+        if s["role"] != "positive":
+            continue
+        doc = docs.get(s["doc_id"])
+        for a in s["anchors"]:
+            total += 1
+            kept += bool(doc) and doc["offset"] <= a < doc["offset"] + doc["length"]
+    return total, kept
 
 
 FillerSource = Callable[[np.random.Generator, int], Piece]  # (rng, tokens wanted) -> a chunk
@@ -117,7 +181,9 @@ def assemble_sample(
     seed: int,
 ) -> Sample:
     rng = np.random.default_rng(seed)
-    doc = doc_ids[-(seq_len // 2) :]  # the document never takes more than half the window
+    doc = list(doc_ids)
+    if len(doc) > seq_len // 2:  # construction passes the stage's document window
+        raise ValueError(f"document {seed_doc_id}: {len(doc)} tokens > half of seq_len {seq_len}")
     budget = seq_len - len(doc)  # prefix tokens, EOS separators included
     positives = sorted(positives, key=lambda p: -p.r)
     negatives = list(negatives[: cfg.max_negatives])
@@ -134,41 +200,24 @@ def assemble_sample(
     plan += list(zip(_targets(len(negatives), neg_lo, budget), negatives, strict=True))
     remaining_fixed = sum(len(p.input_ids) + 1 for _, p in plan)
 
-    out: list[int] = []
-    segments: list[dict] = []
-
-    def place(piece: Piece, ids: list[int]) -> None:
-        segments.append(
-            {
-                "chunk_id": piece.chunk_id,
-                "role": piece.role,
-                "start": len(out),
-                "length": len(ids),
-                "r": piece.r,
-                "similarity": piece.similarity,
-            }
-        )
-        out.extend(ids)
-
+    out = SampleBuilder()
     for target, piece in plan:
         remaining_fixed -= len(piece.input_ids) + 1
         # Fill up to the target, never so far that the planned pieces no longer fit.
         limit = min(target, budget - remaining_fixed - len(piece.input_ids) - 1)
-        _fill(out, place, filler, rng, limit, eos_id)
-        place(piece, [*piece.input_ids, eos_id])
-    _fill(out, place, filler, rng, budget, eos_id)
-    place(Piece(seed_doc_id, doc, "document"), doc)
+        _fill(out, filler, rng, limit, eos_id)
+        out.place(piece, [*piece.input_ids, eos_id])
+    _fill(out, filler, rng, budget, eos_id)
+    out.place(Piece(seed_doc_id, doc, "document", doc_id=seed_doc_id), doc)
     assert len(out) == seq_len, (len(out), seq_len)
-    digest = hashlib.sha256(f"{stage}:{seed_doc_id}:{seq_len}".encode()).hexdigest()[:20]
-    return Sample(digest, seed_doc_id, out, segments)
+    return Sample(make_sample_id(stage, [seed_doc_id], seq_len), seed_doc_id, out.ids, out.segments)
 
 
-def _fill(out, place, filler: FillerSource, rng, until: int, eos_id: int) -> None:
+def _fill(out: SampleBuilder, filler: FillerSource, rng, until: int, eos_id: int) -> None:
     """Append random filler chunks until `out` reaches `until` tokens (last one cut to fit)."""
     while len(out) < until:
         want = until - len(out)
         piece = filler(rng, want)
         if not piece.input_ids:
             raise ValueError(f"filler chunk '{piece.chunk_id}' is empty")
-        ids = [*piece.input_ids, eos_id][:want]
-        place(piece, ids)
+        out.place(piece, [*piece.input_ids, eos_id][:want])

@@ -10,25 +10,18 @@ matplotlib.use("Agg")  # headless: files only
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipelines.compare_stats import interval  # noqa: E402
+from pipelines.compare_tables import (  # noqa: E402
+    by_method,
+    loss_gap_sections,
+    paired_section,
+    shift_section,
+    table,
+)
+from pipelines.compare_tables import cell as _cell  # noqa: E402
 from pipelines.config import Config  # noqa: E402
 
-
-def _by_method(results: dict, methods: list[str]) -> dict[str, list[dict]]:
-    return {m: [r for r in results.values() if r.get("method") == m] for m in methods}
-
-
-def _cell(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "–"
-    mean = float(np.mean(values))
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+_by_method, _table = by_method, table
 
 
 def _score_table(results, methods, lengths, pick) -> list[str]:
@@ -61,8 +54,8 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
         f"Every method started from the same pi_0 (`{pi0}`) and tokenizer, with seq_lens "
         f"{cfg.stages.seq_lens}, RoPE bases {cfg.stages.rope_thetas}, {cfg.stages.tokens_per_stage}"
         f" tokens per stage, lr {cfg.train.lr} ({cfg.train.schedule}, warm-up ratio "
-        f"{cfg.train.warmup_ratio}); seeds {list(seeds)} (cells: mean ± half the range over "
-        "seeds).",
+        f"{cfg.train.warmup_ratio}); seeds {list(seeds)} (cells: mean ± the 95% t-interval "
+        "over seeds; a single seed shows its value alone).",
         "",
         f"Evaluation (pipelines/evaluate.py): tasks {', '.join(e.tasks)}; {e.samples} samples per "
         f"task and length; likelihood score = gold answer ranks first among {e.options} "
@@ -93,7 +86,9 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
             ],  # fmt: skip
         ),
         "",
-        *_loss_gap_section(results, methods, len(cfg.stages.seq_lens)),
+        *paired_section(results, methods, lengths, _avg("likelihood"), len(cfg.stages.seq_lens)),
+        *loss_gap_sections(results, methods, len(cfg.stages.seq_lens)),
+        *shift_section(results),
         *_cost_section(results, methods),
         "## Per task (likelihood / exact)",
         "",
@@ -116,27 +111,6 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
     return md, _plot(results, methods, lengths, e.options, out / "compare.png")
 
 
-def _loss_gap_section(results, methods, stages: int) -> list[str]:
-    rows = []
-    for m, runs in _by_method(results, methods).items():
-        cells = []
-        for k in range(stages):
-            before = [r["loss_gap"][k]["pi_k"]["gap"] for r in runs]
-            after = [r["loss_gap"][k]["pi_k+1"]["gap"] for r in runs]
-            cells.append(f"{_cell(before, 3)} / {_cell(after, 3)}")
-        rows.append([m, *cells])
-    header = ["method", *[f"stage {k}: pi_{k} / pi_{k + 1}" for k in range(stages)]]
-    return [
-        "## Loss gap per stage (nats/token)",
-        "",
-        "Mean NLL of the seed document alone minus with its assembled context before it "
-        "(pipelines/loss_gap.py), under the policy that built the stage and the one trained on it.",
-        "",
-        *_table(header, rows),
-        "",
-    ]
-
-
 def _cost_section(results, methods) -> list[str]:
     keys = ["run_wall_s", "stages_wall_s", "screen_busy_s", "verify_busy_s", "broadcast_s",
             "train_busy_s", "samples"]  # fmt: skip
@@ -148,20 +122,20 @@ def _cost_section(results, methods) -> list[str]:
         for m, rs in runs.items()
     ]  # fmt: skip
     lines = ["## Cost", "", *_table(["method", *keys], rows), ""]
-    if runs.get("policylong") and runs.get("entropylong"):
+    if runs.get("policylong") and runs.get("policylong_static"):
         # stage walls: complete even for a resumed run, and free of start-up
         pl = np.mean([r["cost"]["stages_wall_s"] for r in runs["policylong"]])
-        el = np.mean([r["cost"]["stages_wall_s"] for r in runs["entropylong"]])
+        el = np.mean([r["cost"]["stages_wall_s"] for r in runs["policylong_static"]])
         parts = ("screen_busy_s", "verify_busy_s", "broadcast_s", "train_busy_s")
         diff = {
             k: np.mean([r["cost"][k] for r in runs["policylong"]])
-            - np.mean([r["cost"][k] for r in runs["entropylong"]])
+            - np.mean([r["cost"][k] for r in runs["policylong_static"]])
             for k in parts
         }
         lines += [
             f"Cost of being on-policy: PolicyLong's stage wall time is {pl / el:.2f}x "
-            f"EntropyLong's at equal token budget ({pl:.0f} s vs {el:.0f} s). Differences in "
-            "busy seconds (PolicyLong - EntropyLong): "
+            f"the static ablation's (same assembly, pi_0 in every stage) at equal token budget "
+            f"({pl:.0f} s vs {el:.0f} s). Differences in busy seconds (PolicyLong - static): "
             + ", ".join(f"{k} {v:+.1f}" for k, v in diff.items())
             + ". Both screen and verify every stage; PolicyLong adds the broadcast of pi_k and "
             "screens with a different policy, so a difference in verify time reflects how many "
@@ -186,7 +160,8 @@ def _plot(results, methods, lengths, options: int, path: Path) -> Path:
                 if vals:
                     xs.append(n)
                     means.append(np.mean(vals))
-                    spread.append((max(vals) - min(vals)) / 2)
+                    hw = interval(vals).half_width
+                    spread.append(0.0 if np.isnan(hw) else hw)
             style = {"ls": "--", "color": "#777"} if name == "pi_0" else {}
             ax.errorbar(xs, means, yerr=spread, marker="o", capsize=3, label=name, **style)
         ax.set_xscale("log", base=2)
@@ -195,7 +170,7 @@ def _plot(results, methods, lengths, options: int, path: Path) -> Path:
         ax.set(xlabel="context length (tokens)", ylabel=label)
     axes[0].axhline(1 / options, color="#bbb", lw=0.8, ls=":", label="chance")
     axes[0].legend(fontsize=8)
-    fig.suptitle("PolicyLong vs baselines (error bars: spread over seeds)")
+    fig.suptitle("PolicyLong vs baselines (error bars: 95% interval over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -245,23 +245,36 @@ def config_from_dict(data: dict) -> Config:
     return cfg
 
 
+def _read_profile(p: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML profile as a dict; `extends: other.yaml` (relative to it) is read first and the
+    profile's sections are merged over it, key by key."""
+    if not p.is_file():
+        raise ConfigError(
+            f"config file '{p}' not found: pass a YAML profile such as configs/tiny.yaml"
+        )
+    if p.resolve() in seen:
+        raise ConfigError(f"config file '{p}' extends itself through {[str(x) for x in seen]}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{p}'{where} is not valid YAML: fix the syntax") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    merged = _read_profile(p.parent / str(base), (*seen, p.resolve()))
+    for section, values in data.items():
+        if isinstance(values, dict) and isinstance(merged.get(section), dict):
+            merged[section] = merged[section] | values
+        else:
+            merged[section] = values
+    return merged
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML profile, apply `key=value` overrides, validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(
-                f"config file '{p}' not found: pass a YAML profile such as configs/tiny.yaml"
-            )
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(
-                f"config file '{p}'{where} is not valid YAML: fix the syntax"
-            ) from None
+    """Load a YAML profile (and the one it extends), apply `key=value` overrides, validate."""
+    data: dict = _read_profile(Path(path)) if path is not None else {}
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(data, key, value)

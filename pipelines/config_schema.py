@@ -171,6 +171,10 @@ class AssembleSection:
     positive_region: float = field(default=0.5, metadata=_r(0.0, 1.0))  # positives in first part
     max_negatives: int = field(default=8, metadata=_r(0))
     shuffle_positives: bool = True
+    # NExtLong's meta-chunk granularity s in characters (pipelines/assemble_nextlong.py): near
+    # the index chunks' length (128 tokens x ~4 characters), as NExtLong chunks its retrieval
+    # corpus with the same s (2048 there, for 128K samples of documents up to 8K tokens).
+    nextlong_meta_chunk_chars: int = field(default=512, metadata=_r(16))
 
 
 @dataclass
@@ -280,6 +284,13 @@ class EvalSection:
     options: int = field(default=4, metadata=_r(2))  # likelihood score: chance = 1 / options
     copy_samples: int = field(default=12, metadata=_r(2))  # long-copy probe, per length
     loss_gap_samples: int = field(default=16, metadata=_r(1))  # per stage
+    # > 0: at every stage, also build this many samples from held-out documents (never trained
+    # on) with the stage's own construction, for the compare's out-of-sample loss gap
+    heldout_gap_samples: int = field(default=0, metadata=_r(0))
+    # where `compare` keeps each finished run's small results (eval, loss gaps, stage summaries,
+    # costs) so the table can be rebuilt, and finished on another machine, without runs/;
+    # "" = <output_dir>/<name>-compare/results
+    results_dir: str = ""
     seed: int = field(default=0, metadata=_r(0))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
 

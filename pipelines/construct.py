@@ -3,14 +3,18 @@
 Seed documents flow through in small batches, several batches in flight at once (one driver
 thread each), so screening of one batch overlaps retrieval and verification of the others and
 committed samples reach the trainer while later batches are still being built. The method's spec
-(pipelines/methods.py) decides how the chunks before a document are found:
+(pipelines/methods.py) decides how the chunks placed with a document are found:
 
-    verified    screen, retrieve, verify: positives + on-policy hard negatives (PolicyLong and
-                EntropyLong; they differ only in the policy the fleet's actors hold)
-    own_chunks  retrieve by the document's own chunks, unverified: negatives (NExtLong)
-    none        random filler only (plain concatenation)
+    verified     screen, retrieve, verify: positives + on-policy hard negatives (PolicyLong, its
+                 static ablation and EntropyLong; the policy the fleet's actors hold differs)
+    meta_chunks  the document's meta-chunks' nearest chunks, unverified (NExtLong)
+    none         random filler only (plain concatenation)
 
-The steps themselves live in pipelines/screen.py, retrieve.py, actors/verifier.py, assemble.py.
+and how a sample is laid out from them (`layout`: pipelines/assemble.py,
+assemble_entropylong.py, assemble_nextlong.py). Every method sees the stage's document window
+(assemble.document_window): the tokens screened are the tokens the sample holds.
+
+The steps themselves live in pipelines/screen.py, retrieve.py, actors/verifier.py, assemble*.py.
 """
 
 from __future__ import annotations
@@ -23,18 +27,19 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 from tqdm import tqdm
 
-from pipelines.assemble import Piece, assemble_sample
+from pipelines.assemble import Piece, anchors_kept, assemble_sample, document_window
+from pipelines.assemble_entropylong import Unit, pack_units
+from pipelines.assemble_nextlong import interleave, pick_negatives
 from pipelines.config import Config
 from pipelines.errors import StepFailed, describe, in_step
 from pipelines.fleet import Fleet
 from pipelines.records import ScreenedDoc, Verdict
-from pipelines.retrieve import candidates_for, own_chunk_candidates
+from pipelines.retrieve import candidates_for, meta_chunk_hits
 from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
 from pipelines.screen import screen_batch
 from pipelines.tokenizer import document_separator_id
@@ -66,6 +71,11 @@ class StageCounts:
     samples: int = 0
     tokens: int = 0
     skipped_no_dependency: int = 0
+    skipped_short: int = 0  # NExtLong: synthesised documents shorter than seq_len (dropped)
+    units_dropped: int = 0  # EntropyLong: units left at a batch's end, too few for a sample
+    # positives' anchors in committed samples, and those whose token the sample holds (1.0)
+    anchors: int = 0
+    anchors_in_sample: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **kw: int) -> None:
@@ -131,15 +141,28 @@ def _screen_retrieve_verify(ctx: StageContext, batch_index: int, docs: list[dict
     ]
 
 
-def _own_chunk_neighbours(ctx: StageContext, docs: list[dict]) -> list[DocWork]:
-    """NExtLong: the chunks most similar to the document's own chunks, unverified negatives."""
-    work = []
-    with in_step("retrieve"):
-        for d in docs:
-            cands = own_chunk_candidates(ctx.fleet.retriever, d, ctx.tokenizer, ctx.cfg.index)
-            verdicts = [Verdict(c.chunk_id, np.nan, c.similarity, "negative", []) for c in cands]
-            work.append(DocWork(d, None, verdicts, {c.chunk_id: c.input_ids for c in cands}))
-    return work
+def _nextlong_samples(ctx: StageContext, docs: list[dict], counts: StageCounts) -> list:
+    """NExtLong: per document, its meta-chunks interleaved with their unverified nearest
+    chunks of other documents (pipelines/assemble_nextlong.py)."""
+    samples = []
+    for d in docs:
+        with in_step("retrieve"):
+            metas, hits, k = meta_chunk_hits(
+                ctx.fleet.retriever, d, ctx.tokenizer,
+                ctx.cfg.assemble.nextlong_meta_chunk_chars, ctx.seq_len,
+            )  # fmt: skip
+        pieces = [[Piece(c.chunk_id, c.input_ids, "negative", similarity=c.similarity,
+                         doc_id=d["doc_id"]) for c in q] for q in hits]  # fmt: skip
+        negatives = pick_negatives(pieces, k)
+        n = sum(len(x) for x in negatives)
+        counts.add(documents=1, candidates=n, negatives=n)
+        with in_step("assemble"):
+            s = interleave(ctx.stage, d["doc_id"], d["input_ids"], metas, negatives, ctx.seq_len)
+        if s is None:
+            counts.add(skipped_short=1)
+        else:
+            samples.append(_sample_row(ctx, s, []))
+    return samples
 
 
 def _example_texts(tokenizer, work: DocWork, v: Verdict) -> dict:
@@ -168,17 +191,60 @@ def _candidate_rows(ctx: StageContext, work: DocWork) -> list[dict]:
     ]
 
 
+def _pieces(work: DocWork, label: str) -> list[Piece]:
+    doc_id = work.doc["doc_id"]
+    return [
+        Piece(v.chunk_id, work.chunk_tokens[v.chunk_id], label, v.r, v.similarity, doc_id,
+              list(v.positions))
+        for v in work.verdicts
+        if v.label == label
+    ]  # fmt: skip
+
+
+def _sample_seed(ctx: StageContext, doc_id: str) -> int:
+    key = f"{ctx.cfg.run.seed}:{ctx.stage}:{doc_id}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+
+
+def _sample_row(ctx: StageContext, s, positions: list[int]) -> dict:
+    return {
+        "sample_id": s.sample_id,
+        "stage": ctx.stage,
+        "policy_version": ctx.policy_version,
+        "seed_doc_id": s.seed_doc_id,
+        "positions": positions,
+        "input_ids": s.input_ids,
+        "segments": s.segments,
+    }
+
+
+def _entropylong_samples(ctx: StageContext, work: list[DocWork], counts: StageCounts) -> list:
+    """EntropyLong: [C_pi(1); ...; C_pi(m); D] units of the documents with a verified context,
+    packed into samples (pipelines/assemble_entropylong.py)."""
+    units = []
+    for w in work:
+        positives = _pieces(w, "positive")
+        counts.add(
+            documents=1, positions=len(w.positions), candidates=len(w.verdicts),
+            positives=len(positives), negatives=len(_pieces(w, "negative")),
+        )  # fmt: skip
+        if positives:
+            units.append(Unit(w.doc["doc_id"], w.doc["input_ids"], positives))
+        else:
+            counts.add(skipped_no_dependency=1)
+    if not units:
+        return []
+    eos = document_separator_id(ctx.tokenizer)
+    with in_step("assemble"):
+        packed = pack_units(ctx.stage, units, ctx.seq_len, eos, _sample_seed(ctx, units[0].doc_id))
+    counts.add(units_dropped=packed.units_dropped)
+    positions = {w.doc["doc_id"]: w.positions for w in work}
+    return [_sample_row(ctx, s, positions[s.seed_doc_id]) for s in packed.samples]
+
+
 def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | None:
     """Step 4 for one document: its sample row, or None when it has no verified dependency."""
-    pieces = {
-        label: [
-            Piece(v.chunk_id, work.chunk_tokens[v.chunk_id], v.label, v.r, v.similarity)
-            for v in work.verdicts
-            if v.label == label
-        ]
-        for label in ("positive", "negative")
-    }
-    positives, negatives = pieces["positive"], pieces["negative"]
+    positives, negatives = _pieces(work, "positive"), _pieces(work, "negative")
     negatives.sort(key=lambda p: -p.similarity)  # the most similar are the hardest
     counts.add(
         documents=1,
@@ -191,36 +257,29 @@ def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | N
         counts.add(skipped_no_dependency=1)
         return None
     doc_id = work.doc["doc_id"]
-    key = f"{ctx.cfg.run.seed}:{ctx.stage}:{doc_id}"
-    seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
     filler = ctx.fleet.fillers.sampler(doc_id)
     with in_step("assemble"):
         s = assemble_sample(
             ctx.stage, doc_id, work.doc["input_ids"], positives, negatives, filler,
-            ctx.seq_len, document_separator_id(ctx.tokenizer), ctx.cfg.assemble, seed,
+            ctx.seq_len, document_separator_id(ctx.tokenizer), ctx.cfg.assemble,
+            _sample_seed(ctx, doc_id),
         )  # fmt: skip
-    return {
-        "sample_id": s.sample_id,
-        "stage": ctx.stage,
-        "policy_version": ctx.policy_version,
-        "seed_doc_id": s.seed_doc_id,
-        "positions": work.positions,
-        "input_ids": s.input_ids,
-        "segments": s.segments,
-    }
+    return _sample_row(ctx, s, work.positions)
 
 
 def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> BatchResult:
     """One batch of seed documents through the method's steps, up to (not including) commit."""
-    found = ctx.fleet.method.candidates
-    if found == "verified":
-        work = _screen_retrieve_verify(ctx, batch_index, docs)
-    elif found == "own_chunks":
-        work = _own_chunk_neighbours(ctx, docs)
-    else:
-        work = [DocWork(d) for d in docs]
+    method = ctx.fleet.method
     counts = StageCounts()  # added to the stage's counts only if this batch is committed
-    samples = [s for w in work if (s := _assemble(ctx, w, counts)) is not None]
+    work = [DocWork(d) for d in docs]
+    if method.candidates == "verified":
+        work = _screen_retrieve_verify(ctx, batch_index, docs)
+    if method.layout == "nextlong":
+        samples = _nextlong_samples(ctx, docs, counts)
+    elif method.layout == "entropylong":
+        samples = _entropylong_samples(ctx, work, counts)
+    else:
+        samples = [s for w in work if (s := _assemble(ctx, w, counts)) is not None]
     screen_rows = [
         w.screened.table_row() | {"entropy": w.screened.entropy.tolist()}
         for w in work
@@ -244,6 +303,9 @@ def _write_side_table(folder: Path, name: str, rows: list[dict], schema=None) ->
 def _commit(ctx: StageContext, log: SampleLog, result: BatchResult, room: int) -> int:
     """Commit one batch (its first `room` samples): details first, then the marked shard."""
     samples = result.samples[:room]
+    for s in samples:
+        total, kept = anchors_kept(s["segments"])
+        result.counts.add(anchors=total, anchors_in_sample=kept)
     _write_side_table(ctx.stage_dir / "screen", result.name, result.screen_rows)
     _write_side_table(
         ctx.stage_dir / "candidates", result.name, result.candidate_rows, CANDIDATE_SCHEMA
@@ -261,6 +323,8 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
     trainer, which trains every committed sample once, knows its step count in advance.
     """
     cfg = ctx.cfg
+    window = document_window(ctx.seq_len, cfg.screen.max_doc_tokens)
+    seed_docs = [d | {"input_ids": d["input_ids"][:window]} for d in seed_docs]
     sample_log = SampleLog(ctx.stage_dir / "samples", writer=True)
     done = {c.name: c.rows for c in sample_log.commits()}
     counts = StageCounts()

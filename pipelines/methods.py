@@ -1,10 +1,19 @@
-"""The four data-construction methods, declared once. The driver and construction ask the
-spec what to do; neither tests a method's name.
+"""The data-construction methods, declared once. The driver and construction ask the spec what
+to do; neither tests a method's name. Each follows its paper (README "Methods"):
 
-    policylong   screen + retrieve + verify with pi_k: actors follow the policy (broadcast)
-    entropylong  the same steps with pi_0 for every stage (EntropyLong's static screening)
-    nextlong     retrieve by the document's own chunks; no screening, no verification
-    concat       random filler chunks only (plain concatenation)
+    policylong         screen + retrieve + verify with pi_k (actors follow the policy);
+                       positives far back, on-policy hard negatives and filler between, the
+                       document last (PolicyLong, arXiv 2604.07809)
+    policylong_static  the same assembly with pi_0 in every stage: the ablation that separates
+                       being on-policy (policylong vs this) from hard negatives (this vs
+                       entropylong)
+    entropylong        screen + retrieve + verify with pi_0; S = [C_pi(1); ...; C_pi(m); D]:
+                       verified contexts shuffled, the document last, no negative, no filler
+                       (EntropyLong, arXiv 2510.02330, step 4; METHOD_NOTES §2.4)
+    nextlong           no model: the document split into meta-chunks, each followed by its
+                       top-k most similar chunks of other documents (NExtLong, arXiv 2501.12766
+                       §3.1, App. D.1; METHOD_NOTES §3.1)
+    concat             random chunks concatenated before the document (plain concatenation)
 """
 
 from __future__ import annotations
@@ -12,13 +21,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+Layout = Literal["policylong", "entropylong", "nextlong", "concat"]
+
 
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    # how the chunks placed before a seed document are found
-    candidates: Literal["verified", "own_chunks", "none"]
+    # how the chunks placed with a seed document are found
+    candidates: Literal["verified", "meta_chunks", "none"]
     on_policy: bool  # scorers and verifiers load pi_k before stage k (else they keep pi_0)
+    layout: Layout  # how a sample is assembled from them (pipelines/assemble.py)
 
     @property
     def screens(self) -> bool:
@@ -32,10 +44,11 @@ class MethodSpec:
 
 
 METHOD_SPECS = {
-    "policylong": MethodSpec("policylong", "verified", on_policy=True),
-    "entropylong": MethodSpec("entropylong", "verified", on_policy=False),
-    "nextlong": MethodSpec("nextlong", "own_chunks", on_policy=False),
-    "concat": MethodSpec("concat", "none", on_policy=False),
+    "policylong": MethodSpec("policylong", "verified", True, "policylong"),
+    "policylong_static": MethodSpec("policylong_static", "verified", False, "policylong"),
+    "entropylong": MethodSpec("entropylong", "verified", False, "entropylong"),
+    "nextlong": MethodSpec("nextlong", "meta_chunks", False, "nextlong"),
+    "concat": MethodSpec("concat", "none", False, "concat"),
 }
 METHODS = tuple(METHOD_SPECS)
 

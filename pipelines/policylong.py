@@ -79,6 +79,7 @@ class RunInputs:
     tokenizer: object
     index: object  # pipelines.build_index.IndexBuild
     docs: list[dict]  # {doc_id, input_ids}
+    heldout_docs: list[dict]  # never trained on: the compare's out-of-sample loss gap
     probe_ids: list[int]  # the weight-sync probe: the trainer's and every actor's must agree
 
 
@@ -105,9 +106,13 @@ def prepare_inputs(cfg: Config) -> RunInputs:
             f"index '{index.index_dir}' was built with embedder '{built_with}', but "
             f"index.embedder is '{cfg.index.embedder}': {rebuild_hint(index.index_dir)}"
         )
-    docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
+    max_doc = cfg.screen.max_doc_tokens
+    docs = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "train"), max_doc)
+    heldout = []
+    if cfg.eval.heldout_gap_samples:
+        heldout = tokenize_docs(tokenizer, read_docs(world.corpus_dir, "heldout"), max_doc)
     probe_ids = docs[0]["input_ids"][: cfg.stages.probe_tokens]
-    return RunInputs(world, tokenizer, index, docs, probe_ids)
+    return RunInputs(world, tokenizer, index, docs, heldout, probe_ids)
 
 
 def resume_point(cfg: Config, base_dir: Path) -> tuple[int | None, Policy]:
@@ -219,6 +224,17 @@ def construct_only(ctx, seed_docs: list[dict], budget: int) -> dict:
         raise _stage_failure(ctx, e) from None
 
 
+def construct_heldout(ctx, heldout_docs: list[dict], n: int) -> dict:
+    """Up to n samples from held-out documents, built by the stage's own construction with the
+    policy its actors hold now (pi_k for PolicyLong), into <stage>/heldout/: what the compare
+    measures the loss gap on, out of sample. Nothing trains on them."""
+    from pipelines.construct import StageContext
+
+    hctx = StageContext(ctx.cfg, ctx.stage, ctx.seq_len, ctx.policy_version,
+                        ctx.stage_dir / "heldout", ctx.fleet, ctx.tokenizer)  # fmt: skip
+    return construct_only(hctx, heldout_docs, n)
+
+
 def _stage_failure(ctx, cause: BaseException) -> Exception:
     """The one line a failed stage ends with. A full disk (or quota) is the user's to fix:
     a UserError (exit code 2); anything else is a StageFailed (exit code 1)."""
@@ -286,6 +302,8 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
             "verify.tau_pos or raise stages.seed_docs_per_stage",
             k, counts, k + 1, k,
         )  # fmt: skip
+    if cfg.eval.heldout_gap_samples:
+        construct_heldout(ctx, inputs.heldout_docs, cfg.eval.heldout_gap_samples)
     busy = fleet.busy_seconds()
     record = {
         "policy_version_used": actor_version,

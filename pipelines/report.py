@@ -49,6 +49,8 @@ def stage_summary(stage_dir: Path) -> dict:
         summary |= {"samples": m["samples"], "tokens": m["tokens"], **m.get("counts", {})}
         if summary.get("documents"):
             summary["positives_per_document"] = summary["positives"] / summary["documents"]
+        if summary.get("anchors"):  # positives' anchors whose token the sample holds: 1.0
+            summary["anchors_kept"] = summary["anchors_in_sample"] / summary["anchors"]
     screen = _read_dir(stage_dir / "screen", ["entropy_mean"])
     if screen:
         summary["mean_token_entropy"] = float(np.nanmean(screen["entropy_mean"]))

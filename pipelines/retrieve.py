@@ -1,6 +1,6 @@
 """Step 2 — retrieve: the chunks that may resolve a screened document's uncertain positions.
 
-`candidates_for` (PolicyLong, EntropyLong) and `own_chunk_candidates` (NExtLong) turn documents
+`candidates_for` (PolicyLong, EntropyLong) and `meta_chunk_hits` (NExtLong) turn documents
 into Candidates through the Retriever, the driver-side client of the sharded index.
 
 The Retriever verifies the index on disk, starts one RetrievalShard actor per shard and one
@@ -218,19 +218,23 @@ def candidates_for(retriever: Retriever, screened: list[ScreenedDoc]) -> list[li
     return [list(merged.values()) for merged in per_doc]
 
 
-def own_chunk_candidates(
-    retriever: Retriever, doc: dict, tokenizer, cfg: IndexSection
-) -> list[Candidate]:
-    """NExtLong's retrieval: the document's own chunks as queries, the top-k similar chunks of
-    other documents (each once, with its best similarity)."""
-    ids, step = doc["input_ids"], cfg.chunk_tokens
-    queries = [tokenizer.decode(ids[i : i + step]) for i in range(0, len(ids), step)]
-    hits = retriever.search(queries, [doc["doc_id"]] * len(queries))
-    best: dict[str, float] = {}
-    for h in (h for q in hits for h in q):
-        best[h.chunk_id] = max(best.get(h.chunk_id, -1.0), h.score)
-    chunks = retriever.get_chunks(list(best))
-    return [
-        Candidate(cid, ch["input_ids"], sim)
-        for (cid, sim), ch in zip(best.items(), chunks, strict=True)
+def meta_chunk_hits(
+    retriever: Retriever, doc: dict, tokenizer, max_chars: int, seq_len: int
+) -> tuple[list, list[list[Candidate]], int]:
+    """NExtLong's retrieval (pipelines/assemble_nextlong.py): the document's meta-chunks, per
+    meta-chunk its most similar chunks of other documents (most similar first, enough to pick
+    k unused ones), and k."""
+    from pipelines.assemble_nextlong import meta_chunks, negatives_per_meta_chunk
+
+    ids = doc["input_ids"]
+    metas = meta_chunks(tokenizer.batch_decode([[t] for t in ids]), max_chars)
+    chars = sum(len(m.text) for m in metas)
+    k = negatives_per_meta_chunk(seq_len, chars, len(ids), len(metas), max_chars)
+    # A meta-chunk may lose up to (its index) x k hits to earlier ones: ask for enough.
+    hits = retriever.search([m.text for m in metas], [doc["doc_id"]] * len(metas), k * 2 + 2)
+    wanted = list(dict.fromkeys(h.chunk_id for q in hits for h in q))
+    rows = dict(zip(wanted, retriever.get_chunks(wanted), strict=True))
+    per_meta = [
+        [Candidate(h.chunk_id, rows[h.chunk_id]["input_ids"], h.score) for h in q] for q in hits
     ]
+    return metas, per_meta, k

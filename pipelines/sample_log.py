@@ -27,6 +27,9 @@ SEGMENT = pa.struct(
         ("length", pa.int32()),
         ("r", pa.float32()),  # relative entropy reduction (NaN when not verified)
         ("similarity", pa.float32()),
+        ("doc_id", pa.string()),  # the seed document the piece serves (or is)
+        ("anchors", pa.list_(pa.int32())),  # positives: the document positions verified at
+        ("offset", pa.int32()),  # tokens of the piece cut from its start (0: whole)
     ]
 )
 SAMPLE_SCHEMA = pa.schema(

@@ -18,4 +18,5 @@ COMPARE = [
     "eval.lengths=[512]",
     "eval.copy_samples=2",
     "eval.loss_gap_samples=2",
+    "eval.heldout_gap_samples=2",
 ]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from pipelines.assemble import Piece, assemble_sample
+from pipelines.assemble import Piece, anchors_kept, assemble_sample, document_window
 from pipelines.config import AssembleSection
 from pipelines.sample_log import SAMPLE_SCHEMA
 
@@ -26,7 +26,7 @@ def _make(seed=1, seq_len=2048, n_pos=3, n_neg=3, doc_len=300):
         for i in range(n_pos)
     ]
     neg = [Piece(f"n{i}", [200 + i] * 50, "negative", r=0.0, similarity=0.7) for i in range(n_neg)]
-    doc = list(range(1000, 1000 + doc_len))
+    doc = list(range(1000, 1000 + doc_len))[: document_window(seq_len, 10**6)]
     return assemble_sample(0, "doc", doc, pos, neg, _filler, seq_len, EOS, AssembleSection(), seed)
 
 
@@ -34,12 +34,37 @@ def test_sample_is_exactly_seq_len_with_document_last():
     for seq_len in (512, 1024, 4096):
         s = _make(seq_len=seq_len)
         assert len(s.input_ids) == seq_len
-        doc = list(range(1000, 1300))[-(seq_len // 2) :]  # a document takes at most half
+        doc = list(range(1000, 1300))[: seq_len // 2]  # its beginning, at most half
         assert s.input_ids[-len(doc) :] == doc
         assert s.segments[-1]["role"] == "document"
         # segments tile the sequence with no gap or overlap
         ends = [seg["start"] + seg["length"] for seg in s.segments]
         assert [seg["start"] for seg in s.segments[1:]] == ends[:-1] and ends[-1] == seq_len
+
+
+def test_a_document_longer_than_half_the_window_is_refused_not_cut():
+    """Construction passes the stage's document window (what screening scored); a longer
+    document would silently lose anchors, so assembly refuses it."""
+    import pytest
+
+    doc = list(range(300))
+    with pytest.raises(ValueError, match="half of seq_len 512"):
+        assemble_sample(0, "d", doc, [], [], _filler, 512, EOS, AssembleSection(), 1)
+    assert document_window(512, 1024) == 256 and document_window(4096, 1024) == 1024
+
+
+def test_every_positive_anchor_is_inside_the_document_segment():
+    pos = [
+        Piece(f"p{i}", [100 + i] * 50, "positive", r=0.5, doc_id="doc", anchors=[10 * i, 255])
+        for i in range(3)
+    ]
+    s = assemble_sample(0, "doc", list(range(256)), pos, [], _filler, 512, EOS,
+                        AssembleSection(), 1)  # fmt: skip
+    assert anchors_kept(s.segments) == (6, 6)
+    doc = s.segments[-1]
+    assert doc["offset"] == 0 and doc["length"] == 256 and doc["doc_id"] == "doc"
+    s.segments[-1] = doc | {"length": 200}  # a document cut before anchor 255: not kept
+    assert anchors_kept(s.segments) == (6, 3)
 
 
 def test_positives_are_farther_from_the_document_than_negatives():

@@ -1,5 +1,7 @@
-"""The baselines run in the same system: EntropyLong (screen and verify with pi_0 at every stage),
-NExtLong (retrieved hard negatives, no verification) and plain concatenation."""
+"""The baselines run in the same system, each as its paper describes it (README "Methods"):
+EntropyLong ([C_pi(1..m); D] units from pi_0's verified contexts), NExtLong (meta-chunks each
+followed by their nearest chunks of other documents, no model), plain concatenation, and the
+static ablation (PolicyLong's assembly with pi_0 screening every stage)."""
 
 from __future__ import annotations
 
@@ -33,18 +35,69 @@ def baseline_run(load_test_profile, tiny_world, ray_local):
     return run
 
 
-def test_nextlong_interleaves_unverified_hard_negatives(one_stage_compare):
+def _chunk_owners(cfg) -> dict[str, str]:
+    """chunk_id -> the document it was cut from, read from the run's index."""
+    from pipelines.build_index import cached_index_dir
+    from pipelines.world import ensure_world
+
+    world = ensure_world(cfg)
+    index_dir = cached_index_dir(cfg, world.corpus_dir, world.model_dir)
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    owners = {}
+    for t in manifest["chunk_tables"]:
+        cols = pq.read_table(index_dir / t, columns=["chunk_id", "doc_id"]).to_pydict()
+        owners.update(zip(cols["chunk_id"], cols["doc_id"], strict=True))
+    return owners
+
+
+def test_nextlong_alternates_meta_chunks_and_their_unreused_negatives(one_stage_compare):
     cfg = method_config(one_stage_compare[0], "nextlong", 0)  # the compare's one-stage run
     samples = _samples(cfg, 0)
     assert len(samples) == 4 and all(len(s["input_ids"]) == 512 for s in samples)
+    owner = _chunk_owners(cfg)
     for s in samples:
-        assert "positive" not in _roles(s) and _roles(s)[-1] == "document"
-    assert any("negative" in _roles(s) for s in samples)
-    cands = pq.read_table(stage_dir(cfg, 0) / "candidates").to_pylist()
-    assert cands and {c["label"] for c in cands} == {"negative"}
-    assert all(np.isnan(c["r"]) for c in cands)  # nothing was verified
+        roles = _roles(s)
+        assert roles[0] == "meta_chunk" and set(roles) == {"meta_chunk", "negative"}
+        metas = [seg for seg in s["segments"] if seg["role"] == "meta_chunk"]
+        assert len(metas) >= 2  # the document really is split, negatives between its parts
+        offsets = [seg["offset"] for seg in metas]  # its meta-chunks in document order, abutting
+        assert offsets == [0] + [m["offset"] + m["length"] for m in metas[:-1]]
+        negatives = [seg["chunk_id"] for seg in s["segments"] if seg["role"] == "negative"]
+        assert len(negatives) == len(set(negatives))  # none reused
+        assert all(owner[c] != s["seed_doc_id"] for c in negatives)  # none of its own document
+    assert not (stage_dir(cfg, 0) / "candidates").exists()  # nothing was verified
     manifest = json.loads((stage_dir(cfg, 0) / "stage_manifest.json").read_text())
     assert manifest["actor_busy_s"] == {}  # no scorer, no verifier
+
+
+def test_entropylong_samples_hold_verified_contexts_and_documents_only(one_stage_compare):
+    cfg = method_config(one_stage_compare[0], "entropylong", 0)
+    samples = _samples(cfg, 0)
+    assert samples and all(len(s["input_ids"]) == 512 for s in samples)
+    for s in samples:
+        assert set(_roles(s)) <= {"positive", "document"}  # no negative, no filler
+        assert _roles(s)[-1] == "document"
+        assert "positive" in _roles(s)
+
+
+def test_every_anchor_of_every_committed_sample_is_in_its_document_segment(one_stage_compare):
+    """Stage 0 of 512 tokens keeps 256 document tokens; the test documents are longer (up to
+    screen.max_doc_tokens 512), so this fails if screening scores more than the sample holds."""
+    from pipelines.assemble import anchors_kept
+
+    base = one_stage_compare[0]
+    for method in ("policylong", "policylong_static", "entropylong"):
+        cfg = method_config(base, method, 0)
+        screened = pq.read_table(stage_dir(cfg, 0) / "screen").to_pylist()
+        assert max(r["n_tokens"] for r in screened) == 256  # the window, not max_doc_tokens
+        total = kept = 0
+        for s in _samples(cfg, 0):
+            t, k = anchors_kept(s["segments"])
+            total, kept = total + t, kept + k
+        assert total and kept == total, (method, kept, total)
+        counts = json.loads((stage_dir(cfg, 0) / "stage_manifest.json").read_text())
+        counts = counts["construction"]
+        assert counts["anchors"] == total and counts["anchors_in_sample"] == total
 
 
 def test_concat_is_filler_and_the_document(one_stage_compare):
@@ -56,7 +109,7 @@ def test_concat_is_filler_and_the_document(one_stage_compare):
     assert not (stage_dir(cfg, 0) / "candidates").exists()
 
 
-def test_entropylong_screens_every_stage_with_pi0(baseline_run, tiny_world):
+def test_the_static_ablation_screens_every_stage_with_pi0(baseline_run, tiny_world):
     from actors.hf_backend import HFBackend
     from pipelines.entropy import token_entropies
     from pipelines.ingest import read_docs
@@ -64,7 +117,7 @@ def test_entropylong_screens_every_stage_with_pi0(baseline_run, tiny_world):
     from pipelines.tokenizer import load_tokenizer
 
     cfg, _ = baseline_run(
-        "entropylong",
+        "policylong_static",
         "stages.seq_lens=[512, 1024]",
         "stages.rope_thetas=[20000.0, 80000.0]",
         "stages.tokens_per_stage=4096",

@@ -39,9 +39,15 @@ def test_show_config_prints_resolved_values(capsys):
 
 def test_cluster_addresses_ray_resolves_itself_are_not_probed():
     from cluster.runtime import check_reachable
+    from pipelines.errors import UserError
 
-    for address in ("auto", "head-node"):
-        check_reachable(address, 0.1)  # no host:port to probe: Ray's own resolution applies
+    # No host:port to probe: Ray's own resolution applies, nothing is refused here ...
+    for address in ("auto", "head-node", "ray://head-node"):
+        assert check_reachable(address, 0.1) is None
+    # ... while a host:port is probed and one that does not answer is refused
+    for address in ("head-node:6379", "ray://127.0.0.1:1"):
+        with pytest.raises(UserError, match=f"cluster.address '{address}' does not answer"):
+            check_reachable(address, 0.1)
 
 
 # What a `--help` or a config error must not pay for: each of these costs seconds to import on a

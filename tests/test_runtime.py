@@ -4,6 +4,8 @@ workers before the stage."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from cluster.runtime import check_plan_fits, check_train_fits, resource_plan
@@ -24,14 +26,33 @@ def test_train_that_cannot_fit_is_refused(ray_local):
 
 
 def test_train_that_fits_passes(ray_local):
-    check_train_fits(_cfg(trainer={"count": 1, "cpus": 0.01}), wait_s=0)
+    # Exactly the CPUs free now (in halves): it fits, without waiting; a little more than the
+    # whole machine does not (the machine's, not what is free: actors of earlier tests may
+    # still be giving theirs back).
+    free = ray_local.available_resources().get("CPU", 0.0)
+    total = ray_local.cluster_resources()["CPU"]
+    assert check_train_fits(_cfg(trainer={"count": 2, "cpus": free / 2}), wait_s=0) is None
+    with pytest.raises(UserError, match="resources.trainer.count"):
+        check_train_fits(_cfg(trainer={"count": 2, "cpus": total / 2 + 0.05}), wait_s=0)
 
 
-def test_joined_cluster_is_not_refused(ray_local):
+def test_joined_cluster_is_not_refused(ray_local, caplog):
     # An autoscaling cluster may add nodes: only a local Ray is known to be fixed in size.
-    joined = _cfg("auto", trainer={"count": 64, "cpus": 1.0})
+    # The ask is logged instead; the same resources on the local Ray are refused.
+    caplog.set_level(logging.INFO, logger="cluster.runtime")
+    too_big = {"trainer": {"count": 64, "cpus": 1.0}}
+    joined = _cfg("auto", **too_big)
     check_train_fits(joined, wait_s=0)
     check_plan_fits(joined, method_spec("policylong"))
+    asks = [r.getMessage() for r in caplog.records if r.name == "cluster.runtime"]
+    assert "Ray Train asks the cluster for {'CPU': 64.0}" in asks, asks
+    plan = resource_plan(joined, method_spec("policylong")).values()
+    need = {k: sum(p[k] for p in plan) for k in ("CPU", "GPU")}
+    assert need["CPU"] > 64 and f"the run asks the cluster for {need}" in asks, asks
+    with pytest.raises(UserError, match="resources.trainer.count"):
+        check_train_fits(_cfg("", **too_big), wait_s=0)
+    with pytest.raises(UserError, match="lower resources.<role>.count"):
+        check_plan_fits(_cfg("", **too_big), method_spec("policylong"))
 
 
 def test_run_whose_roles_together_do_not_fit_is_refused_naming_each_role(ray_local):

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from actors.embedder import embedder_threads
+from actors.embedder import embedder_threads, resolve_dtype
 from pipelines.chunking import chunk_corpus, shard_of, write_chunk_table
 from pipelines.config import Config, IndexSection
 from pipelines.errors import UserError
@@ -89,9 +89,12 @@ def build_config(cfg: IndexSection) -> dict:
     return config
 
 
-def build_key(doc_ids: list[str], tokenizer_dir: Path, cfg: IndexSection) -> str:
+def build_key(doc_ids: list[str], tokenizer_dir: Path, cfg: IndexSection, dtype: str = "") -> str:
+    """dtype: the embedding dtype resolved on this machine (default: what "auto" resolves to)."""
     h = hashlib.sha256(f"v{FORMAT_VERSION}".encode())
     h.update(json.dumps(build_config(cfg), sort_keys=True).encode())
+    if (dtype or resolve_dtype("auto")) != "float32":  # float32 builds keep their earlier keys
+        h.update(f"embed_dtype={dtype or resolve_dtype('auto')}".encode())
     h.update("\n".join(doc_ids).encode())  # doc ids are content hashes of the documents
     for name in TOKENIZER_FILES:
         if (Path(tokenizer_dir) / name).is_file():
@@ -138,7 +141,26 @@ def make_faiss_index(vectors: np.ndarray, cfg: IndexSection, seed: int):
     return index, {"index_type": "ivf", "nlist": nlist}
 
 
-def embed_chunks(chunks: pa.Table, cfg: IndexSection, cpus: float = 1.0) -> np.ndarray:
+def build_cpus(share: float, wait_s: float = 3.0) -> float:
+    """CPUs each embedding task of the build reserves (its torch threads follow). On one node the
+    index is built before any of the run's actors start: the build takes every CPU then free
+    (at least `share`); 1 of 2 cores left half the machine idle for minutes. On a cluster the
+    configured share stays (index.embed_actors tasks of resources.embedder.cpus each)."""
+    import ray
+
+    if len([n for n in ray.nodes() if n.get("Alive")]) != 1:
+        return share
+    total, free = ray.cluster_resources().get("CPU", 0.0), 0.0
+    deadline = time.monotonic() + wait_s  # the chunking tasks' CPUs return within ~0.5 s
+    while free < total and time.monotonic() < deadline:
+        free = max(free, ray.available_resources().get("CPU", 0.0))
+        time.sleep(0.1)
+    return max(share, float(int(free)))
+
+
+def embed_chunks(
+    chunks: pa.Table, cfg: IndexSection, cpus: float = 1.0, dtype: str = "auto"
+) -> np.ndarray:
     """(n_chunks, dim) float32 unit vectors in chunk-table row order, via Ray Data tasks."""
     import ray
 
@@ -154,6 +176,7 @@ def embed_chunks(chunks: pa.Table, cfg: IndexSection, cpus: float = 1.0) -> np.n
             "name": cfg.embedder,
             "batch_size": cfg.embed_batch_size,
             "threads": embedder_threads(cpus),
+            "dtype": resolve_dtype(dtype),
         },
         batch_format="pyarrow",
         batch_size=cfg.embed_batch_size,
@@ -230,12 +253,15 @@ def build_index(
     cfg: IndexSection,
     seed: int = 0,
     embedder_cpus: float = 1.0,
+    embed_dtype: str = "auto",
 ) -> IndexBuild:
     """Build (or reuse) the index of `corpus_dir` chunked with the tokenizer in `tokenizer_dir`.
-    Each of the index.embed_actors concurrent embedding tasks reserves `embedder_cpus`."""
+    Each of the index.embed_actors concurrent embedding tasks reserves build_cpus(embedder_cpus);
+    embed_dtype "auto" embeds in bfloat16 where the CPU does it natively (actors/embedder.py)."""
     index_dir, tokenizer_dir = Path(index_dir), Path(tokenizer_dir)
     docs = index_docs(corpus_dir, cfg)
-    key = build_key(docs["doc_id"].to_pylist(), tokenizer_dir, cfg)
+    dtype = resolve_dtype(embed_dtype)
+    key = build_key(docs["doc_id"].to_pylist(), tokenizer_dir, cfg, dtype)
     if index_dir.exists():
         old = read_manifest(index_dir)
         if old.get("build_key") == key:
@@ -255,34 +281,28 @@ def build_index(
             f"no chunks from corpus '{corpus_dir}': lower index.min_chunk_tokens "
             f"(now {cfg.min_chunk_tokens})"
         )
-    log.info("index: %d chunks from %d documents", chunks.num_rows, docs.num_rows)
-    vectors = embed_chunks(chunks, cfg, embedder_cpus)
+    timings = {"chunk_s": round(time.perf_counter() - start, 2)}
+    cpus = build_cpus(embedder_cpus)
+    log.info(
+        "index: %d chunks from %d documents, embedding on %g CPUs in %s",
+        chunks.num_rows, docs.num_rows, cpus, dtype,
+    )  # fmt: skip
+    vectors = embed_chunks(chunks, cfg, cpus, dtype)
+    timings["embed_s"] = round(time.perf_counter() - start - timings["chunk_s"], 2)
 
     tmp = index_dir.with_name(f"{index_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         shards, files = _write_index(tmp, chunks, vectors, cfg, seed)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "build_key": key,
-            "embedder": cfg.embedder,
-            "dim": int(vectors.shape[1]),
-            "metric": "inner_product",
-            "normalized": True,
-            "n_chunks": chunks.num_rows,
-            "n_docs": docs.num_rows,
-            "num_shards": cfg.num_shards,
-            "shards": shards,
-            "files": files,
-            "chunk_tables": [s["chunks_file"] for s in shards],
-            "index_config": build_config(cfg),
-            "config_fingerprint": hashlib.sha256(
-                json.dumps(build_config(cfg), sort_keys=True).encode()
-            ).hexdigest()[:12],
+        manifest = _manifest(key, cfg, chunks, docs.num_rows, vectors, shards, files)
+        manifest |= {
+            "embed_dtype": dtype,
+            "embed_cpus": cpus,
             "corpus_dir": str(corpus_dir),
             "tokenizer_dir": str(tokenizer_dir),
             "build_s": round(time.perf_counter() - start, 2),
+            "timings": timings,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _swap_into_place(tmp, index_dir)
@@ -290,6 +310,27 @@ def build_index(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("index: %d chunks in %d shards -> %s", chunks.num_rows, cfg.num_shards, index_dir)
     return IndexBuild(index_dir, manifest, reused=False)
+
+
+def _manifest(key, cfg: IndexSection, chunks, n_docs: int, vectors, shards, files) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "build_key": key,
+        "embedder": cfg.embedder,
+        "dim": int(vectors.shape[1]),
+        "metric": "inner_product",
+        "normalized": True,
+        "n_chunks": chunks.num_rows,
+        "n_docs": n_docs,
+        "num_shards": cfg.num_shards,
+        "shards": shards,
+        "files": files,
+        "chunk_tables": [s["chunks_file"] for s in shards],
+        "index_config": build_config(cfg),
+        "config_fingerprint": hashlib.sha256(
+            json.dumps(build_config(cfg), sort_keys=True).encode()
+        ).hexdigest()[:12],
+    }
 
 
 def _swap_into_place(tmp: Path, index_dir: Path) -> None:

@@ -289,7 +289,7 @@ def pq_index_dirs(built_index, index_run, tiny_world, tmp_path_factory, monkeypa
     row = {c: i for i, c in enumerate(ids)}
     monkeypatch_module.setattr(
         builder, "embed_chunks",
-        lambda chunks, cfg, cpus=1.0: vectors[[row[c] for c in chunks["chunk_id"].to_pylist()]],
+        lambda chunks, cfg, *_: vectors[[row[c] for c in chunks["chunk_id"].to_pylist()]],
     )  # fmt: skip
     cfg = index_run[1]
     pq_cfg = replace(cfg.index, flat_max_vectors=0, ivf_nlist=8, pq_bytes=8, opq=True)

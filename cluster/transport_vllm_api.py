@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from importlib import import_module
 from pathlib import Path
@@ -119,27 +120,27 @@ class VLLMWeightSender:
         nbytes = sum(t.numel() * t.element_size() for t in self.state.values())
         return {"config": config, "lm_head": [lm_head], "bytes": nbytes}
 
-    def send(self, actors: list, bucket_bytes: int, key: str) -> int:
-        """Push the prepared state into every actor's engine; returns the bytes sent."""
+    def send(self, actors: list, bucket_bytes: int, key: str) -> dict:
+        """Push the prepared state into every actor's engine: {bytes, init_s, send_s} (the
+        group's rendezvous; start, update and finish of the weight update)."""
         from vllm.distributed.weight_transfer import WeightTransferTrainerFactory
 
+        state, self.state = self.state, {}
         if not actors:  # every engine restarts instead: nothing to send
-            self.state = {}
-            return 0
-
+            return {"bytes": 0, "init_s": 0.0, "send_s": 0.0}
+        start = time.perf_counter()
         address, world = ray.util.get_node_ip_address(), 1 + len(actors)
         info = self.method.trainer_init_info(address, free_port(), world, key, bucket_bytes)
         client = PolicyActorsClient(actors)
-        source = state_source(self.state)
+        source = state_source(state)
         trainer = WeightTransferTrainerFactory.trainer_init(info, client=client, source=source)
-        try:
-            trainer.send_weights()
-        finally:
-            trainer.shutdown()
+        joined = time.perf_counter()
+        trainer.send_weights()  # on failure the transport kills this actor, group and all
+        sent = time.perf_counter()
+        trainer.shutdown()
         client.shutdown_weight_transfer_engine()
-        nbytes = sum(t.numel() * t.element_size() for t in self.state.values())
-        self.state = {}
-        return nbytes
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        return {"bytes": nbytes, "init_s": joined - start, "send_s": sent - joined}
 
 
 class VLLMWeightTransferTransport:
@@ -153,6 +154,7 @@ class VLLMWeightTransferTransport:
         self.sender = None
         self.syncs = 0
         self.restarted = 0  # engines restarted for a change beyond the RoPE base (tests, logs)
+        self.last: dict = {}  # the last sync's parts in seconds, and its bytes
 
     def _sender(self):
         if self.sender is None:
@@ -163,16 +165,29 @@ class VLLMWeightTransferTransport:
         return self.sender
 
     def send(self, model_dir: Path, version: int, actors: list) -> None:
-        model_dir = str(Path(model_dir).resolve())
-        sender = self._sender()
+        try:
+            self._send(str(Path(model_dir).resolve()), version, actors)
+        except BaseException:
+            self.close()  # a failed sync leaves the sender in a broken group: start afresh
+            raise
+
+    def _send(self, model_dir: str, version: int, actors: list) -> None:
+        sender, t0 = self._sender(), time.perf_counter()
         plan = ray.get(sender.prepare.remote(model_dir))
         in_place = ray.get([a.begin_weight_transfer.remote(plan["config"]) for a in actors])
         receivers = [a for a, ok in zip(actors, in_place, strict=True) if ok]
         self.syncs += 1
         key = f"vllm-weights-v{version}-sync{self.syncs}/"
-        ray.get(sender.send.remote(receivers, self.bucket_bytes, key))
+        t1 = time.perf_counter()
+        wire = ray.get(sender.send.remote(receivers, self.bucket_bytes, key))
+        t2 = time.perf_counter()
         lm_head = plan["lm_head"][0]
         ray.get([a.end_weight_transfer.remote(model_dir, lm_head, version) for a in receivers])
+        t3 = time.perf_counter()
+        # What a sync costs, by part (bench/refit.py): the sender's read, the protocol's
+        # rendezvous and weight update, the actors' RoPE base and lm_head.
+        self.last = {"prepare_s": t1 - t0, "init_s": wire["init_s"], "send_s": wire["send_s"]}
+        self.last |= {"end_s": t3 - t2, "bytes": wire["bytes"]}
         others = [a for a, ok in zip(actors, in_place, strict=True) if not ok]
         if others:  # not receivable in place: restart those engines from the checkpoint
             self.restarted += len(others)

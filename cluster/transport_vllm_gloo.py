@@ -46,6 +46,7 @@ from cluster.transport_collective import plan_buckets as plan_state_buckets
 
 ENGINE = "gloo"
 CPU = torch.device("cpu")
+_ABANDONED: list = []  # groups of failed syncs, never destroyed (see send_weights)
 
 
 @dataclass
@@ -171,6 +172,13 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
             for bucket in buckets:  # one bucket packed at a time: peak memory one bucket
                 self._broadcast(pack(state, bucket, CPU), received)
             received.result()
+        except BaseException:
+            # A send still pending in gloo makes the group's destructor wait out gloo's
+            # timeout (10 minutes, measured): keep the group alive; the transport kills this
+            # process after a failed sync anyway.
+            _ABANDONED.append(self.group)
+            self.group = None
+            raise
         finally:
             # A failed broadcast leaves the workers waiting in gloo: never join that thread.
             pool.shutdown(wait=False)

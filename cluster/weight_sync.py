@@ -107,6 +107,7 @@ def broadcast(
     seconds = time.perf_counter() - start
     actors = [a for _, group in groups for a in group]
     versions = ray.get([a.policy_version.remote() for a in actors])
+    restarts = ray.get([a.engine_restarts.remote() for a in actors])  # since each one started
     probes = ray.get([a.probe_entropy.remote(probe_ids) for a in actors])
     diffs = [float(np.max(np.abs(np.asarray(p) - np.asarray(expected)))) for p in probes]
     if any(v != version for v in versions) or max(diffs) > tolerance:
@@ -126,4 +127,6 @@ def broadcast(
         "actors": len(actors),
         "broadcast_s": seconds,
         "probe_max_diff": max(diffs),
+        "transports": [t.name for t, group in groups if group],
+        "engine_restarts": sum(restarts),  # vLLM engines restarted (architecture changes)
     }

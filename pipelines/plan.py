@@ -26,6 +26,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pipelines.assemble import document_window
 from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.methods import method_spec
@@ -65,13 +66,13 @@ class Assumptions:
     samples_per_doc: float = 0.31  # measured: tiny policylong runs, 40 samples / 128 documents
     positions_per_doc: float = 3.6  # measured: 463 positions / 128 documents
     candidates_per_position: float = 3.9  # measured: top-k 4 minus chunks shared by positions
-    doc_tokens: float = 0.0  # 0 = screen.max_doc_tokens
+    doc_tokens: float = 0.0  # 0 = each stage's document window (assemble.document_window)
     peak_tflops: float = 989.0  # H100 SXM dense bf16
     mfu_inference: float = 0.30
     mfu_train: float = 0.40
     storage_gbps: float = 2.0  # checkpoint_dir: each node reads the checkpoint
     collective_gbps: float = 50.0  # NCCL broadcast
-    pool_chunks: int = 0  # retrieval pool size; 0 = the embedded index's, if built
+    pool_chunks: int = 0  # retrieval pool size; 0 = the built index's, if any, else unknown
 
 
 def model_shape(cfg: Config, model_config: str | None = None) -> ModelShape:
@@ -107,9 +108,12 @@ def stage_work(cfg: Config, shape: ModelShape, a: Assumptions, k: int) -> dict:
     """FLOPs per role for stage k (see the module docstring)."""
     seq_len = cfg.stages.seq_lens[k]
     budget = max(1, cfg.stages.tokens_per_stage // seq_len)
-    doc_tokens = a.doc_tokens or cfg.screen.max_doc_tokens
+    # each stage screens only the window its samples keep (pipelines/construct.py)
+    doc_tokens = a.doc_tokens or document_window(seq_len, cfg.screen.max_doc_tokens)
     screens = method_spec(cfg.stages.method).screens
-    docs = min(cfg.stages.seed_docs_per_stage, math.ceil(budget / a.samples_per_doc))
+    # None: no number of documents fills the budget at this yield
+    needed = math.ceil(budget / a.samples_per_doc) if a.samples_per_doc > 0 else None
+    docs = min(cfg.stages.seed_docs_per_stage, needed or cfg.stages.seed_docs_per_stage)
     docs = docs if screens else budget
     # A screening method keeps only documents with a verified dependency.
     samples = min(budget, math.floor(docs * a.samples_per_doc)) if screens else budget
@@ -123,8 +127,10 @@ def stage_work(cfg: Config, shape: ModelShape, a: Assumptions, k: int) -> dict:
     return {
         "stage": k,
         "seq_len": seq_len,
+        "doc_tokens": doc_tokens,
         "budget_samples": budget,
         "expected_samples": samples,
+        "seed_docs_needed": needed if screens else budget,
         "documents_screened": docs if screens else 0,
         "tokens_screened": screened_tokens,
         "candidates_verified": round(candidates),
@@ -134,6 +140,22 @@ def stage_work(cfg: Config, shape: ModelShape, a: Assumptions, k: int) -> dict:
         "verifier_flops": verified_tokens * shape.forward_flops(doc_tokens / 2),
         "trainer_flops": samples * seq_len * train_per_token,
     }
+
+
+def built_pool_chunks(cfg: Config) -> int | None:
+    """The retrieval pool of this config's index if it is already built, else None. Builds
+    nothing: only a corpus already ingested under the run and an index already in the cache."""
+    corpus = cfg.run_dir / "corpus"
+    want = {"source": cfg.corpus.source, "corpus_cfg": cfg.fingerprint("corpus")}
+    stamp = corpus / "source.json"
+    if not stamp.is_file() or json.loads(stamp.read_text()) != want:
+        return None
+    from pipelines.build_index import cached_index_dir
+    from pipelines.world import base_dir
+
+    tokenizer = Path(cfg.tokenizer.path or cfg.model.path or base_dir(cfg, corpus))
+    manifest = cached_index_dir(cfg, corpus, tokenizer) / "manifest.json"
+    return json.loads(manifest.read_text())["n_chunks"] if manifest.is_file() else None
 
 
 def plan(cfg: Config, a: Assumptions, model_config: str | None = None) -> dict:
@@ -161,7 +183,7 @@ def plan(cfg: Config, a: Assumptions, model_config: str | None = None) -> dict:
         stages.append(w | hours | {"wall_h": max(per_role)})
     weight_bytes = shape.params * (2 if cfg.model.dtype != "float32" else 4)
     gbps = a.collective_gbps if cfg.stages.weight_transport == "collective" else a.storage_gbps
-    pool = a.pool_chunks
+    pool = a.pool_chunks or built_pool_chunks(cfg)
     return {
         "model": asdict(shape),
         "method": method.name,
@@ -173,7 +195,10 @@ def plan(cfg: Config, a: Assumptions, model_config: str | None = None) -> dict:
         ),
         "sync_s": weight_bytes / (gbps * 1e9) if method.on_policy else 0.0,
         "index_bytes_per_vector": bytes_per_vector(cfg),
-        "index_gb_per_shard": pool * bytes_per_vector(cfg) / cfg.index.num_shards / 1e9,
+        "index_pool_chunks": pool,  # None: unknown (no index built, --pool-chunks not given)
+        "index_gb_per_shard": pool * bytes_per_vector(cfg) / cfg.index.num_shards / 1e9
+        if pool
+        else None,
         "bottleneck": _bottleneck(stages, method.screens, r),
     }
 
@@ -222,9 +247,13 @@ def plan_arguments(p) -> None:
         p.add_argument(flag, type=type(value), default=value, help=f"(default: {value})")
 
 
+def assumptions_of(args) -> Assumptions:
+    return Assumptions(**{k: getattr(args, k) for k in asdict(Assumptions())})
+
+
 def cmd_plan(cfg: Config, args) -> None:
     """`policylong plan`: print the placement, the work and the cost per stage; one JSON line."""
-    a = Assumptions(**{k: getattr(args, k) for k in asdict(Assumptions())})
+    a = assumptions_of(args)
     result = plan(cfg, a, args.model_config or None)
     if cfg.cluster.address and args.cluster and Path(args.cluster).is_file():
         result["cluster_fit"] = cluster_fit(result["placement"], Path(args.cluster))
@@ -262,7 +291,15 @@ def cmd_plan(cfg: Config, args) -> None:
             )
     print(
         f"total {result['total_gpu_h']:.1f} GPU-hours; weight sync {result['sync_s']:.1f} s; "
-        f"index {result['index_bytes_per_vector']} B/vector, "
-        f"{result['index_gb_per_shard']:.1f} GB per shard; bottleneck: {result['bottleneck']}"
+        f"index {result['index_bytes_per_vector']} B/vector, {index_size(result)}; "
+        f"bottleneck: {result['bottleneck']}"
     )
     print(json.dumps(result))
+
+
+def index_size(result: dict) -> str:
+    """Never a made-up 0: the size only when the pool is known."""
+    if result["index_gb_per_shard"] is None:
+        return "pool size unknown (no index built; pass --pool-chunks N for its size per shard)"
+    pool = result["index_pool_chunks"]
+    return f"{pool:,} chunks, {result['index_gb_per_shard']:.2f} GB per shard"

@@ -96,3 +96,16 @@ def test_plan_cli_starts_nothing_and_prints_one_json_line(tmp_path):
     missing = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0
     assert "--model-config" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.timeout(120)
+def test_index_size_is_never_a_made_up_zero(tmp_path):
+    from pipelines.plan import index_size
+
+    cfg = load_config(PAPER, [f"run.output_dir={tmp_path}"])  # no index built there
+    unknown = plan(cfg, Assumptions(), QWEN_SHAPE)
+    assert unknown["index_gb_per_shard"] is None and "unknown" in index_size(unknown)
+    known = plan(cfg, Assumptions(pool_chunks=10**9), QWEN_SHAPE)
+    per_shard = 10**9 * (48 + 8) / cfg.index.num_shards / 1e9
+    assert known["index_gb_per_shard"] == pytest.approx(per_shard)
+    assert f"{per_shard:.2f} GB per shard" in index_size(known)

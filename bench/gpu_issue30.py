@@ -14,7 +14,9 @@ fused      h [T, 2048] and the lm_head [151936, 2048] in bf16: a bare bf16 matmu
            (a) pipelines/entropy.py (TF32 logits tiles + compiled online update), (b) the same
                online update on bf16 GEMMs with float32 output (torch.mm out_dtype, when this
                torch has it: bf16 products are exact in fp32, so as exact as (a) at bf16 speed),
-           (c) Liger-Kernel's fused linear scaled cross entropy with return_entropy (its SM90
+           (c) our fused Triton kernel (bench/fused_entropy_triton.py: GEMM tiles and the
+               online update in one kernel, the logits never written), its fastest config;
+           (d) Liger-Kernel's fused linear scaled cross entropy with return_entropy (its SM90
                CuTe kernel on H100/H200), when importable (LIGER_DIR may name an unpacked
                wheel): its entropy is returned in bf16, so it is expected to miss 1e-5;
            each with its max error vs a float64 reference on the first 1024 rows (goal 1e-5).
@@ -42,6 +44,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 TINY = os.environ.get("GPU_SMOKE_TINY") == "1"
+if TINY:  # CPU: the Triton kernel runs in Triton's interpreter (set before triton is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 PEAK_TFLOPS = 989.0
 QWEN3B = dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16)
 QWEN3B |= dict(num_key_value_heads=2, intermediate_size=11008, vocab_size=151936)
@@ -142,6 +146,27 @@ def _liger_entropy():
     return run
 
 
+def _triton_entropy(h, w, device: str):
+    """bench/fused_entropy_triton.py with its fastest config here (CPU: Triton's interpreter)."""
+    try:
+        from bench.fused_entropy_triton import CONFIGS, fused_entropy
+    except Exception as e:  # noqa: BLE001 - no triton here
+        return f"skipped: triton not importable ({type(e).__name__}: {e})"[:300]
+    if device == "cpu":
+        return lambda: fused_entropy(h, w, (16, 64, 16, 4, 1))
+    timings = {}
+    for config in CONFIGS:
+        try:
+            timings[config] = _timed(lambda c=config: fused_entropy(h, w, c), device, 1)[0]
+        except Exception as e:  # noqa: BLE001 - a config that does not compile here
+            _progress(f"triton config {config}: {type(e).__name__}: {e}"[:200])
+    if not timings:
+        return "error: no config compiled"
+    best = min(timings, key=timings.get)
+    _progress(f"triton configs (s): { {str(k): round(v, 4) for k, v in timings.items()} }")
+    return lambda: fused_entropy(h, w, best)
+
+
 def _variant(name: str, fn, ref, device: str, t_mm: float) -> dict:
     import torch
 
@@ -190,6 +215,12 @@ def fused_part(tokens: int) -> dict:
     )
     result["bf16_gemm_fp32_out"] = _variant(
         "out_fp32", lambda: _out_fp32_entropy(h, w, chunk, tile), ref, device, t_mm
+    )
+    triton_fn = _triton_entropy(h, w, device)
+    result["triton_fused"] = (
+        triton_fn
+        if isinstance(triton_fn, str)
+        else _variant("triton", triton_fn, ref, device, t_mm)
     )
     liger = _liger_entropy()
     result["liger"] = (

@@ -45,7 +45,7 @@ def cmd_prepare_base(cfg: Config, args: argparse.Namespace) -> None:
     from pipelines.world import ensure_world
 
     init_ray(cfg.cluster)
-    world = ensure_world(cfg)
+    world = ensure_world(cfg, rebuild=args.rebuild)
     print(json.dumps({"model_dir": str(world.model_dir), **world.metrics}, indent=2))
 
 
@@ -312,7 +312,17 @@ def _import_gguf_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _prepare_base_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="pretrain the embedded pi_0 by the profile's recipe even when the cache or the "
+        "repository (pipelines/assets: the embedded default's, shipped) holds it",
+    )
+
+
 ARGUMENTS = {  # subcommand-specific flags
+    "prepare-base": _prepare_base_arguments,
     "import-gguf": _import_gguf_arguments,
     "probe": _probe_arguments,
     "eval": _eval_arguments,

@@ -25,6 +25,7 @@ from pipelines.config import Config, check_policy_shape
 from pipelines.errors import UserError
 from pipelines.ingest import ingest, read_docs
 from pipelines.shakespeare import write_embedded_corpus
+from pipelines.shipped_base import install_shipped, shipped_for
 from pipelines.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,10 @@ def gguf_model_dir(cfg: Config) -> Path:
     return import_gguf(path, cfg.run.cache_dir)
 
 
-def ensure_world(cfg: Config) -> World:
+def ensure_world(cfg: Config, rebuild: bool = False) -> World:
+    """The corpus and pi_0: model.path / model.gguf, else the embedded base from the cache, else
+    the shipped one (pipelines/shipped_base.py), else built by the recipe. rebuild: build the
+    embedded base by the recipe even when the cache or the repository holds it."""
     if cfg.model.gguf and not cfg.model.path:
         model = dataclasses.replace(cfg.model, path=str(gguf_model_dir(cfg)))
         cfg = dataclasses.replace(cfg, model=model)
@@ -153,10 +157,28 @@ def ensure_world(cfg: Config) -> World:
     if model_dir is not None:
         return World(corpus_dir, model_dir, {})
     out = base_dir(cfg, corpus_dir)
-    if (out / "base_metrics.json").is_file():
+    if (out / "base_metrics.json").is_file() and not rebuild:
         log.info("base model: reusing cached %s", out)
         return World(corpus_dir, out, json.loads((out / "base_metrics.json").read_text()))
-    metrics = _build_base(cfg, corpus_dir, out)
+    shipped = None if rebuild else shipped_for(out)
+    if shipped is not None:
+        metrics = install_shipped(shipped, out)
+        log.info(
+            "base model: installed the shipped pi_0 %s -> %s (`policylong prepare-base "
+            "--rebuild` rebuilds it by the recipe)", shipped, out,
+        )  # fmt: skip
+        return World(corpus_dir, out, metrics)
+    old = out.with_name(f"{out.name}.old")
+    if rebuild and out.exists():  # set aside until the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        out.replace(old)
+    try:
+        metrics = _build_base(cfg, corpus_dir, out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            old.replace(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     log.info(
         "base model: held-out perplexity %.1f vs unigram %.1f -> %s",
         metrics["heldout_ppl"],

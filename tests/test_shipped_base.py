@@ -1,0 +1,141 @@
+"""A shipped pi_0 (pipelines/shipped_base.py): a base written into the assets folder under its
+cache key is what a first run installs instead of building it (float32 weights equal to the shipped
+bfloat16 ones), only for the profile and corpus that name it, never when a file changed, and
+`prepare-base --rebuild` builds by the recipe all the same. The embedded default's own shipped
+pi_0 must be the one configs/tiny.yaml names, and copy at D = 256. (tests/test_pi0_recipe.py
+checks that the recipe still copies.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines import shipped_base
+from pipelines import world as world_module
+from pipelines.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class BuildStarted(Exception):
+    pass
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise BuildStarted
+
+    monkeypatch.setattr(world_module, "_build_base", refuse)  # a fault: a build would start
+
+
+def _heldout_blocks(cfg, corpus_dir, model_dir):
+    from pipelines import base_model
+    from pipelines.ingest import read_docs
+    from pipelines.tokenizer import load_tokenizer
+
+    tok, p = load_tokenizer(model_dir), cfg.pretrain
+    texts = read_docs(corpus_dir, "heldout")["text"].to_pylist()
+    blocks = base_model.pack(tok(texts)["input_ids"], tok.eos_token_id, p.seq_len)
+    return blocks[: max(1, p.eval_tokens // p.seq_len)]
+
+
+@pytest.fixture(scope="module")
+def shipped_test_base(tiny_world, test_config, tmp_path_factory):
+    """The test profile's base shipped into a temporary assets folder."""
+    assets = tmp_path_factory.mktemp("assets")
+    model_dir = Path(tiny_world.model_dir)
+    blocks = _heldout_blocks(test_config, tiny_world.corpus_dir, model_dir)
+    metrics = shipped_base.ship(model_dir, blocks, 8, assets / model_dir.name)
+    return assets, model_dir, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_first_run_installs_the_shipped_base_instead_of_building(
+    shipped_test_base, load_test_profile, tmp_path, monkeypatch, no_build
+):
+    from safetensors.torch import load_file
+
+    assets, built, metrics = shipped_test_base
+    monkeypatch.setattr(shipped_base, "ASSETS", assets)
+    cfg = load_test_profile(f"run.cache_dir={tmp_path}")  # an empty cache
+    world = world_module.ensure_world(cfg)
+    assert world.model_dir == tmp_path / built.name
+    assert world.metrics["shipped"]["weights_dtype"] == "bfloat16"
+    assert world.metrics["shipped"]["heldout_ppl"] == metrics["shipped"]["heldout_ppl"]
+    installed = load_file(world.model_dir / "model.safetensors")
+    original = load_file(built / "model.safetensors")
+    assert installed.keys() == original.keys()
+    for k, v in original.items():
+        assert installed[k].dtype == torch.float32
+        assert torch.equal(installed[k], v.to(torch.bfloat16).float())
+    for name in ("config.json", "tokenizer.json"):
+        assert (world.model_dir / name).read_bytes() == (built / name).read_bytes()
+    # bfloat16 rounding barely moves the model (measured on the rounded weights when shipped)
+    ratio = metrics["shipped"]["heldout_ppl"] / metrics["heldout_ppl"]
+    assert 0.98 < ratio < 1.02, ratio
+
+    with pytest.raises(BuildStarted):  # --rebuild builds by the recipe, shipped or not
+        world_module.ensure_world(cfg, rebuild=True)
+    assert (world.model_dir / "model.safetensors").is_file()  # the failed rebuild kept it
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_another_profile_or_a_changed_file_gets_no_shipped_base(
+    shipped_test_base, load_test_profile, tmp_path, monkeypatch, no_build
+):
+    assets, built, _ = shipped_test_base
+    monkeypatch.setattr(shipped_base, "ASSETS", assets)
+    other = load_test_profile(f"run.cache_dir={tmp_path / 'a'}", "pretrain.lr=0.001")
+    with pytest.raises(BuildStarted):  # another recipe: another key, nothing shipped for it
+        world_module.ensure_world(other)
+    copy = shutil.copytree(assets / built.name, tmp_path / "b" / built.name)
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    monkeypatch.setattr(shipped_base, "ASSETS", tmp_path / "b")
+    cfg = load_test_profile(f"run.cache_dir={tmp_path / 'c'}")
+    with pytest.raises(UserError, match="model.safetensors' is missing or changed"):
+        world_module.ensure_world(cfg)
+
+
+def _tiny_shipped() -> Path | None:
+    names = [p.parent for p in shipped_base.ASSETS.glob(f"*/{shipped_base.MANIFEST}")]
+    return names[0] if names else None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(
+    _tiny_shipped() is None,
+    reason="configs/tiny.yaml's pi_0 is not shipped yet: `policylong prepare-base --rebuild` "
+    "then `python -m pipelines.shipped_base` (pipelines/shipped_base.py)",
+)
+def test_the_shipped_pi0_is_the_one_the_tiny_profile_names_and_it_copies(
+    ray_local, tmp_path, no_build
+):
+    from transformers import AutoModelForCausalLM
+
+    from pipelines import base_model
+    from pipelines.config import load_config
+    from pipelines.long_copy import long_copy_gain
+
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml", [f"run.output_dir={tmp_path}", f"run.cache_dir={tmp_path}"]
+    )
+    world = world_module.ensure_world(cfg)  # installed from the repository, not built
+    src = shipped_base.shipped_for(world.model_dir)
+    assert src is not None and shipped_base.verify_shipped(src)["cache_dir"] == src.name
+    blocks = _heldout_blocks(cfg, world.corpus_dir, world.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(world.model_dir))
+    gain = long_copy_gain(model, blocks.flatten().tolist(), [256], samples=12)[256]
+    ppl = float(torch.tensor(base_model.mean_nll(model, blocks, cfg.pretrain.batch_size)).exp())
+    print(json.dumps({"gain_256": gain, "heldout_ppl": ppl, "metrics": world.metrics}))
+    assert gain["gain"] >= 1.0, gain
+    assert ppl < 0.8 * world.metrics["unigram_ppl"], (ppl, world.metrics["unigram_ppl"])

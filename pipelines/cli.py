@@ -62,6 +62,13 @@ def cmd_screen(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_plan(cfg: Config, args: argparse.Namespace) -> None:
+    if args.measure:
+        from pipelines.plan import assumptions_of
+        from pipelines.plan_measure import measure
+
+        _check_writable(cfg)  # the measurement is a construct-only run: it writes
+        measure(cfg, args.measure, assumptions_of(args), args.model_config or None)
+        return
     from pipelines.plan import cmd_plan as plan
 
     plan(cfg, args)
@@ -71,6 +78,15 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
     from pipelines.plan import plan_arguments
 
     plan_arguments(p)
+    p.add_argument(
+        "--measure",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first measure the yields on N of stage 0's seed documents with this model, index "
+        "and thresholds (a construct-only run on this machine; ~32 is enough), then price the "
+        "stages with them (pipelines/plan_measure.py)",
+    )
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> None:

@@ -140,8 +140,9 @@ def _onpolicy_shift(cfg: Config, seed: int, pi0: Path, world) -> list[dict] | No
     """PolicyLong vs its static ablation on one seed (pipelines/onpolicy_shift.py), per stage
     k >= 1; None unless both runs are on this machine."""
     from pipelines.build_index import cached_index_dir
+    from pipelines.index_format import chunk_column
     from pipelines.ingest import read_docs
-    from pipelines.onpolicy_shift import anchor_overlap, chunk_tokens, r_shift
+    from pipelines.onpolicy_shift import anchor_overlap, r_shift
     from pipelines.policylong import stage_dir
     from pipelines.screen import tokenize_docs
     from pipelines.tokenizer import load_tokenizer
@@ -154,7 +155,7 @@ def _onpolicy_shift(cfg: Config, seed: int, pi0: Path, world) -> list[dict] | No
     tok = load_tokenizer(tok_dir)
     docs = tokenize_docs(tok, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
     ids = {d["doc_id"]: d["input_ids"] for d in docs}
-    chunks = chunk_tokens(cached_index_dir(cfg, world.corpus_dir, tok_dir))
+    chunks = chunk_column(cached_index_dir(cfg, world.corpus_dir, tok_dir), "input_ids")
     taus = (cfg.verify.tau_pos, cfg.verify.tau_neg)
     return [
         {"stage": k, **anchor_overlap(stage_dir(pl, k), stage_dir(st, k)),

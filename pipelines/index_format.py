@@ -82,3 +82,14 @@ def verify_index(index_dir: Path) -> dict:
                 f"{rebuild_hint(index_dir)}"
             )
     return manifest
+
+
+def chunk_column(index_dir: Path, column: str) -> dict:
+    """chunk_id -> one column of the index's chunk tables (e.g. input_ids, doc_id)."""
+    import pyarrow.parquet as pq
+
+    out: dict = {}
+    for table in read_manifest(Path(index_dir))["chunk_tables"]:
+        cols = pq.read_table(Path(index_dir) / table, columns=["chunk_id", column]).to_pydict()
+        out.update(zip(cols["chunk_id"], cols[column], strict=True))
+    return out

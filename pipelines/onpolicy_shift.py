@@ -15,7 +15,6 @@ mechanism the paper relies on is not at work in that setting: the report says so
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -60,16 +59,6 @@ def verifier_r(model, chunk: list[int], doc: list[int], positions: list[int]) ->
     h0 = entropies(model, prefix)[positions]
     with_chunk = entropies(model, chunk + prefix)[[len(chunk) + t for t in positions]]
     return float(np.mean((h0 - with_chunk) / np.maximum(h0, 1e-6)))
-
-
-def chunk_tokens(index_dir: Path) -> dict[str, list[int]]:
-    """chunk_id -> token ids, from a built index's chunk tables."""
-    manifest = json.loads((Path(index_dir) / "manifest.json").read_text())
-    out: dict[str, list[int]] = {}
-    for t in manifest["chunk_tables"]:
-        cols = pq.read_table(Path(index_dir) / t, columns=["chunk_id", "input_ids"]).to_pydict()
-        out.update(zip(cols["chunk_id"], cols["input_ids"], strict=True))
-    return out
 
 
 def r_shift(stage: Path, pi0_dir: Path, docs: dict, chunks: dict, n: int, taus) -> dict:

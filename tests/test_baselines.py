@@ -38,16 +38,11 @@ def baseline_run(load_test_profile, tiny_world, ray_local):
 def _chunk_owners(cfg) -> dict[str, str]:
     """chunk_id -> the document it was cut from, read from the run's index."""
     from pipelines.build_index import cached_index_dir
+    from pipelines.index_format import chunk_column
     from pipelines.world import ensure_world
 
     world = ensure_world(cfg)
-    index_dir = cached_index_dir(cfg, world.corpus_dir, world.model_dir)
-    manifest = json.loads((index_dir / "manifest.json").read_text())
-    owners = {}
-    for t in manifest["chunk_tables"]:
-        cols = pq.read_table(index_dir / t, columns=["chunk_id", "doc_id"]).to_pydict()
-        owners.update(zip(cols["chunk_id"], cols["doc_id"], strict=True))
-    return owners
+    return chunk_column(cached_index_dir(cfg, world.corpus_dir, world.model_dir), "doc_id")
 
 
 def test_nextlong_alternates_meta_chunks_and_their_unreused_negatives(one_stage_compare):

@@ -246,3 +246,57 @@ def test_each_stage_is_exported_as_a_dataset_that_loads_with_its_provenance(e2e)
         assert first["text"] and first["n_positives"] >= 1 and first["method"] == "policylong"
         card = (folder / "README.md").read_text()
         assert f'"tau_pos": {cfg.verify.tau_pos}' in card and f'"policy_version": {k}' in card
+
+
+def _model(model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+
+
+def test_stage_one_screens_and_verifies_with_pi1_not_pi0(e2e, tiny_world):
+    """The method's claim, recomputed here in float64 from the saved checkpoints' full logits
+    (no actor, no tiled kernel): stage 1's screening entropies and its verifier's r are pi_1's, and pi_0's
+    differ from them by a wide margin."""
+    import numpy as np
+
+    from pipelines.ingest import read_docs
+    from pipelines.onpolicy_shift import entropies, verifier_r
+    from pipelines.screen import tokenize_docs
+    from pipelines.tokenizer import load_tokenizer
+
+    cfg, _ = e2e
+    pi0, pi1 = _model(tiny_world.model_dir), _model(stage_dir(cfg, 0) / "model")
+    tok = load_tokenizer(tiny_world.model_dir)
+    docs = tokenize_docs(tok, read_docs(tiny_world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
+    ids = {d["doc_id"]: d["input_ids"] for d in docs}
+    screened = pq.read_table(stage_dir(cfg, 1) / "screen").to_pylist()[:4]
+    gaps = []
+    for row in screened:
+        doc = ids[row["doc_id"]][: row["n_tokens"]]
+        logged = np.asarray(row["entropy"], dtype=np.float64)[1:]
+        under_pi1, under_pi0 = entropies(pi1, doc)[1:], entropies(pi0, doc)[1:]
+        assert np.abs(logged - under_pi1).max() <= 1e-4, row["doc_id"]
+        gaps.append(np.abs(logged - under_pi0).mean())
+    assert min(gaps) > 0.05, gaps  # pi_0's entropies are far from what stage 1 used
+
+    chunks = _chunk_tokens(cfg)
+    cands = pq.read_table(stage_dir(cfg, 1) / "candidates").to_pylist()[:6]
+    assert cands
+    r_gap = []
+    for c in cands:
+        chunk, doc, pos = chunks[c["chunk_id"]], ids[c["doc_id"]], c["positions"]
+        assert abs(verifier_r(pi1, chunk, doc, pos) - c["r"]) <= 1e-4, c["chunk_id"]
+        r_gap.append(abs(verifier_r(pi0, chunk, doc, pos) - c["r"]))
+    assert max(r_gap) > 1e-3, r_gap
+
+
+def _chunk_tokens(cfg) -> dict[str, list[int]]:
+    """chunk_id -> token ids, read from the run's index."""
+    from pipelines.build_index import cached_index_dir
+    from pipelines.index_format import chunk_column
+    from pipelines.world import ensure_world
+
+    world = ensure_world(cfg)
+    return chunk_column(cached_index_dir(cfg, world.corpus_dir, world.model_dir), "input_ids")

@@ -45,13 +45,13 @@ def timed(fn, *args):
     return out, round(time.perf_counter() - start, 2)
 
 
-def query_windows(cfg, world, n: int, seed: int) -> list[str]:
+def query_windows(cfg, corpus_dir: Path, tokenizer_dir: Path, n: int, seed: int) -> list[str]:
     """Decoded windows of held-out documents, the size of a screen's retrieval query."""
     from pipelines.ingest import read_docs
     from pipelines.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(cfg.tokenizer.path or world.model_dir)
-    texts = read_docs(world.corpus_dir, "heldout")["text"].to_pylist()
+    tok = load_tokenizer(tokenizer_dir)
+    texts = read_docs(corpus_dir, "heldout")["text"].to_pylist()
     ids = [t for t in tok(texts, add_special_tokens=False)["input_ids"] if len(t) > 64]
     width = cfg.screen.query_before + 1 + cfg.screen.query_after
     rng = np.random.default_rng(seed)
@@ -130,6 +130,13 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--queries", type=int, default=300, help="held-out query windows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tokenizer",
+        default="",
+        metavar="DIR",
+        help="pi_0's tokenizer files (default: the profile's world, built when missing; the "
+        "embedded base's build saves its tokenizer first, in its .tmp folder)",
+    )
     args = p.parse_args()
 
     import torch
@@ -138,21 +145,24 @@ def main() -> None:
     from pipelines.build_index import _write_index, build_index, index_docs
     from pipelines.chunking import chunk_corpus
     from pipelines.config import load_config
-    from pipelines.world import ensure_world
+    from pipelines.world import ensure_corpus, ensure_world
 
     cfg = load_config(args.config, args.overrides)
     load_start = round(os.getloadavg()[0], 2)
     init_ray(cfg.cluster)
-    world = ensure_world(cfg)
-    tokenizer_dir = Path(cfg.tokenizer.path or world.model_dir)
-    docs = index_docs(world.corpus_dir, cfg.index)
+    if args.tokenizer:
+        corpus_dir, tokenizer_dir = ensure_corpus(cfg), Path(args.tokenizer)
+    else:
+        world = ensure_world(cfg)
+        corpus_dir, tokenizer_dir = world.corpus_dir, Path(cfg.tokenizer.path or world.model_dir)
+    docs = index_docs(corpus_dir, cfg.index)
     ix = cfg.index
     chunks, chunk_s = timed(chunk_corpus, docs, tokenizer_dir, ix.chunk_tokens, ix.min_chunk_tokens)
     embeds, vectors = embed_variants(chunks["text"].to_pylist(), cfg)
     with tempfile.TemporaryDirectory() as tmp:
         _, write_s = timed(_write_index, Path(tmp), chunks, vectors["after"], ix, cfg.run.seed)
         build, build_s = timed(
-            build_index, Path(tmp) / "index", world.corpus_dir, tokenizer_dir, ix,
+            build_index, Path(tmp) / "index", corpus_dir, tokenizer_dir, ix,
             cfg.run.seed, cfg.resources.embedder.cpus,
         )  # fmt: skip
     before_s = chunk_s + embeds["before"]["embed_s"] + write_s  # the same steps, old settings
@@ -172,7 +182,10 @@ def main() -> None:
         "build_index_timings": build.manifest.get("timings"),
         "speedup_embed": round(embeds["before"]["embed_s"] / embeds["after"]["embed_s"], 2),
         "agreement": agreement(
-            vectors["before"], vectors["after"], query_windows(cfg, world, args.queries, 0), cfg
+            vectors["before"],
+            vectors["after"],
+            query_windows(cfg, corpus_dir, tokenizer_dir, args.queries, args.seed),
+            cfg,
         ),
     }
     print(json.dumps(line))

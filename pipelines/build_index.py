@@ -182,6 +182,9 @@ def embed_chunks(
         batch_size=cfg.embed_batch_size,
         compute=ray.data.TaskPoolStrategy(size=cfg.embed_actors),
         num_cpus=cpus,
+        # What a MiniLM worker holds (torch + model; 0.65-0.67 GiB measured). Unasked, Ray Data
+        # warns every 30 s of a build on a small CPU share that it may run out of memory.
+        memory=1 << 30,
     )
     row_of = {cid: i for i, cid in enumerate(chunks["chunk_id"].to_pylist())}
     vectors: np.ndarray | None = None

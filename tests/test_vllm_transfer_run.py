@@ -1,0 +1,76 @@
+"""Two PolicyLong stages with a vLLM scorer and stages.weight_transport 'collective' (issue 30):
+stage 0 trains pi_1 (RoPE base raised 2e4 -> 8e4 for stage 1), the broadcast pushes it into the
+running vLLM engine through vLLM's weight-transfer API (gloo on CPU) without a restart, the HF
+verifier gets it over the plain collective, and stage 1's logged screening entropies are HF
+pi_1's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.policylong import run_policylong, stage_dir
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = [
+    "run.name=vllm-transfer",
+    "stages.method=policylong",
+    "stages.seq_lens=[512, 1024]",
+    "stages.rope_thetas=[20000.0, 80000.0]",
+    "stages.tokens_per_stage=2048",  # 4 samples at 512, 2 at 1024
+    "stages.seed_docs_per_stage=24",
+    "verify.tau_pos=0.005",
+    "verify.tau_neg=0.0",
+    "screen.batch_docs=4",
+    "screen.backend=vllm",
+    "stages.weight_transport=collective",
+]
+
+
+@pytest.fixture(scope="module")
+def run(load_test_profile, tiny_world, ray_local):
+    cfg = load_test_profile(*OVERRIDES)
+    return cfg, run_policylong(cfg)
+
+
+def _hf_entropies(model_dir, ids: list[int]) -> np.ndarray:
+    from actors.hf_backend import HFBackend
+    from pipelines.entropy import token_entropies
+
+    backend = HFBackend(model_dir)
+    h = backend.hidden_states([ids])[0]
+    return token_entropies(h, backend.lm_head_weight(), 256, compiled=False).numpy()
+
+
+@pytest.mark.timeout(2400)
+def test_pi1_reaches_the_vllm_scorer_in_place(run):
+    cfg, result = run
+    [sync] = result["broadcasts"]
+    assert sync["version"] == 1 and sync["actors"] == 2, sync
+    # the scorer's engine over vLLM's API, the HF verifier over the plain collective
+    assert sorted(sync["transports"]) == ["collective", "vllm_gloo"], sync
+    assert sync["engine_restarts"] == 0 and sync["probe_max_diff"] <= 1e-4, sync
+
+
+@pytest.mark.timeout(2400)
+def test_stage_one_screens_with_hf_pi1_entropies(run, tiny_world):
+    from pipelines.ingest import read_docs
+    from pipelines.screen import tokenize_docs
+    from pipelines.tokenizer import load_tokenizer
+
+    cfg, _ = run
+    pi0, pi1 = tiny_world.model_dir, stage_dir(cfg, 0) / "model"
+    docs = read_docs(tiny_world.corpus_dir, "train")
+    tokens = tokenize_docs(load_tokenizer(pi0), docs, cfg.screen.max_doc_tokens)
+    ids = {d["doc_id"]: d["input_ids"] for d in tokens}
+    screened = pq.read_table(stage_dir(cfg, 1) / "screen").to_pylist()[:4]
+    assert screened
+    gaps = []
+    for row in screened:
+        doc = ids[row["doc_id"]][: row["n_tokens"]]
+        logged = np.asarray(row["entropy"], dtype=np.float64)[1:]
+        assert np.abs(logged - _hf_entropies(pi1, doc)[1:]).max() <= 1e-4, row["doc_id"]
+        gaps.append(np.abs(logged - _hf_entropies(pi0, doc)[1:]).mean())
+    assert min(gaps) > 0.05, gaps  # pi_0's entropies are far from what stage 1 used

@@ -11,7 +11,7 @@ One vLLM scorer actor (the pooling engine the screen uses) receives new policies
 
 Every refit changes the weights *and* the RoPE base (two policies, A and B, alternate: each
 stage raises the base), and is checked: the engine's probe entropies equal HF's of the policy
-(weight_sync.broadcast's check, tolerance 1e-4). Best of --reps per path; the first weight
+(weight_sync.broadcast's check, tolerance TOL). Best of --reps per path; the first weight
 transfer (the sender actor's start) is reported apart. Policies: the test profile's base from
 its world (runs/cache) and SmolLM2-135M imported from the packaged GGUF (tests' smollm2_dir).
 
@@ -38,6 +38,9 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 PROBE = list(range(3, 120))
+# The check that each refit serves its policy: another policy is off by > 1e-2; SmolLM2 at a RoPE
+# base of 1.6e6 measured 1.07e-4 between vLLM and HF after a checkpoint-dir reload (float32).
+TOL = 5e-4
 
 
 def model_dirs(names: list[str]) -> dict[str, Path]:
@@ -98,26 +101,26 @@ def memcpy_s(model_dir: Path, reps: int) -> tuple[float, int]:
     return best, sum(t.numel() * t.element_size() for t in state.values())
 
 
-def start_scorer(model_dir: Path, out_dir: str):
+def start_scorer(model_dir: Path, out_dir: str, memory_utilization: float):
     from actors.scorer import create_scorers
     from pipelines.config import load_config
 
+    share = f"screen.vllm_memory_utilization={memory_utilization}"
     cfg = load_config(
-        REPO / "configs" / "test.yaml",
-        [f"run.output_dir={out_dir}", "screen.backend=vllm", "screen.vllm_memory_utilization=0.05"],
+        REPO / "configs" / "test.yaml", [f"run.output_dir={out_dir}", "screen.backend=vllm", share]
     )
     cfg = dataclasses.replace(cfg, screen=dataclasses.replace(cfg.screen, max_doc_tokens=512))
     return create_scorers(cfg, model_dir, num=1)[0]
 
 
-def refit_model(name: str, base: Path, tmp: Path, reps: int, bucket_mb: int) -> dict:
+def refit_model(base: Path, tmp: Path, reps: int, bucket_mb: int, memory: float) -> dict:
     import ray
 
     from cluster.transport_checkpoint_dir import CheckpointDirTransport
     from cluster.weight_sync import broadcast, make_transport
 
     pair = policy_pair(base, tmp)
-    actor = start_scorer(base, str(tmp))
+    actor = start_scorer(base, str(tmp), memory)
     ray.get(actor.warmup.remote())
     transfer = make_transport("collective", "vllm", bucket_mb=bucket_mb)
     paths = {"weight_transfer": transfer, "checkpoint_dir": CheckpointDirTransport()}
@@ -129,7 +132,7 @@ def refit_model(name: str, base: Path, tmp: Path, reps: int, bucket_mb: int) -> 
             for i, (kind, transport) in enumerate(paths.items()):
                 version += 1
                 policy, probe = pair[i]  # transfer -> A, checkpoint dir -> B: always a change
-                res = broadcast([(transport, [actor])], policy, version, PROBE, probe, 1e-4)
+                res = broadcast([(transport, [actor])], policy, version, PROBE, probe, TOL)
                 assert res["engine_restarts"] == 0, res  # every refit in place
                 times[kind].append(res["broadcast_s"])
                 worst_probe = max(worst_probe, res["probe_max_diff"])
@@ -164,6 +167,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="timed refits per path and model")
     parser.add_argument("--bucket-mb", type=int, default=64, help="stages.weight_bucket_mb")
     parser.add_argument("--address", default="", help="join this Ray (default: a local one)")
+    parser.add_argument(
+        "--memory", type=float, default=0.1, help="screen.vllm_memory_utilization (share of RAM)"
+    )
     parser.add_argument("--smoke", action="store_true", help="the test base only, one rep")
     args = parser.parse_args()
     if args.smoke:
@@ -176,7 +182,10 @@ def main() -> None:
     models = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, base in model_dirs(args.models.split(",")).items():
-            models[name] = refit_model(name, base, Path(tmp), args.reps, args.bucket_mb)
+            try:
+                models[name] = refit_model(base, Path(tmp), args.reps, args.bucket_mb, args.memory)
+            except Exception as e:  # noqa: BLE001 - one model failing keeps the others' numbers
+                models[name] = {"error": f"{type(e).__name__}: {e}"[-400:]}
     result = {"engine": "vllm-cpu", "transfer": "gloo", "reps": args.reps}
     result |= {"bucket_mb": args.bucket_mb, "models": models}
     print(json.dumps(result | ({"smoke": True} if args.smoke else {})))

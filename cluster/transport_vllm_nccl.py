@@ -38,6 +38,15 @@ class load_iter:  # noqa: N801 (a function-like wrapper)
 class PoolingNCCLWeightTransferEngine(NCCLWeightTransferEngine):
     """vLLM's NCCL engine, loading each received bucket through load_iter."""
 
+    def update_weights(self, update_info: dict) -> None:
+        from cluster.transport_vllm_gloo import abort_layerwise_reload
+
+        try:
+            super().update_weights(update_info)
+        except BaseException:
+            abort_layerwise_reload(self.model)  # as the gloo engine: a failed update is undone
+            raise
+
     def receive_weights(self, update_info) -> None:
         model = self.model
         self.model = load_iter(model)

@@ -144,3 +144,29 @@ def test_an_incomplete_send_fails_the_probe_check(ray_local, vllm_scorer, pi1, t
             broadcast([(transport, [vllm_scorer])], partial, 2, PROBE, probe, 1e-4)
     finally:
         transport.close()
+
+
+@pytest.mark.timeout(900)
+def test_a_failed_update_raises_and_the_next_sync_recovers(ray_local, vllm_scorer, pi1, tmp_path):
+    """A checkpoint whose tensor does not fit the engine (a fault injected by shape): the
+    worker's update_weights raises mid-stream; the broadcast must surface that error (the sender
+    stops waiting for a receiver that left), and the next sync of a good policy must work."""
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "pi_bad"
+    shutil.copytree(pi1, bad)
+    state = load_file(str(pi1 / "model.safetensors"))
+    # A norm's weight is loaded whole (shape asserted); a linear's would be narrowed to fit.
+    name = "model.layers.1.post_attention_layernorm.weight"
+    state[name] = torch.ones(state[name].shape[0] + 1)
+    save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
+    probe = _hf_entropies(pi1, [PROBE])[0][1:].tolist()
+    transport = make_transport("collective", "vllm", bucket_mb=1)
+    with pytest.raises(Exception, match="(?i)size|shape"):
+        broadcast([(transport, [vllm_scorer])], bad, 3, PROBE, probe, 1e-4)
+    assert transport.sender is None  # the broken sender was let go
+    try:
+        result = broadcast([(transport, [vllm_scorer])], pi1, 4, PROBE, probe, 1e-4)
+    finally:
+        transport.close()
+    assert result["probe_max_diff"] <= 1e-4 and result["engine_restarts"] == 0, result

@@ -257,8 +257,8 @@ def _model(model_dir):
 
 def test_stage_one_screens_and_verifies_with_pi1_not_pi0(e2e, tiny_world):
     """The method's claim, recomputed here in float64 from the saved checkpoints' full logits
-    (no actor, no tiled kernel): stage 1's screening entropies and its verifier's r are pi_1's, and pi_0's
-    differ from them by a wide margin."""
+    (no actor, no tiled kernel): stage 1's screening entropies and its verifier's r are pi_1's,
+    and pi_0's differ from them by a wide margin."""
     import numpy as np
 
     from pipelines.ingest import read_docs

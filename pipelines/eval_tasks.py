@@ -9,7 +9,7 @@ downloads) and fwe, with RULER's templates, needle sentence and answer prefixes
     niah_multikey      RULER niah_multikey_1/2/3                                  eval_niah.py
     niah_multivalue    RULER niah_multivalue (+ distractor needles)                eval_niah.py
     niah_multiquery    RULER niah_multiquery                                      eval_niah.py
-    variable_tracking  RULER vt, 4 hops (+ distractor chains)                     eval_trace.py
+    variable_tracking  RULER vt, 1 hop, not 4 (+ distractor chains)               eval_trace.py
     common_words       RULER cwe below 4K, 3 answers (+ decoys balanced by its example)
 
 RULER's essay haystack (Paul Graham essays, a download) is replaced by held-out corpus text;

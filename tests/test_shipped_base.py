@@ -7,7 +7,6 @@ checks that the recipe still copies.)"""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -103,39 +102,3 @@ def test_another_profile_or_a_changed_file_gets_no_shipped_base(
     cfg = load_test_profile(f"run.cache_dir={tmp_path / 'c'}")
     with pytest.raises(UserError, match="model.safetensors' is missing or changed"):
         world_module.ensure_world(cfg)
-
-
-def _tiny_shipped() -> Path | None:
-    names = [p.parent for p in shipped_base.ASSETS.glob(f"*/{shipped_base.MANIFEST}")]
-    return names[0] if names else None
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-@pytest.mark.skipif(
-    _tiny_shipped() is None,
-    reason="configs/tiny.yaml's pi_0 is not shipped yet: `policylong prepare-base --rebuild` "
-    "then `python -m pipelines.shipped_base` (pipelines/shipped_base.py)",
-)
-def test_the_shipped_pi0_is_the_one_the_tiny_profile_names_and_it_copies(
-    ray_local, tmp_path, no_build
-):
-    from transformers import AutoModelForCausalLM
-
-    from pipelines import base_model
-    from pipelines.config import load_config
-    from pipelines.long_copy import long_copy_gain
-
-    cfg = load_config(
-        REPO / "configs" / "tiny.yaml", [f"run.output_dir={tmp_path}", f"run.cache_dir={tmp_path}"]
-    )
-    world = world_module.ensure_world(cfg)  # installed from the repository, not built
-    src = shipped_base.shipped_for(world.model_dir)
-    assert src is not None and shipped_base.verify_shipped(src)["cache_dir"] == src.name
-    blocks = _heldout_blocks(cfg, world.corpus_dir, world.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(world.model_dir))
-    gain = long_copy_gain(model, blocks.flatten().tolist(), [256], samples=12)[256]
-    ppl = float(torch.tensor(base_model.mean_nll(model, blocks, cfg.pretrain.batch_size)).exp())
-    print(json.dumps({"gain_256": gain, "heldout_ppl": ppl, "metrics": world.metrics}))
-    assert gain["gain"] >= 1.0, gain
-    assert ppl < 0.8 * world.metrics["unigram_ppl"], (ppl, world.metrics["unigram_ppl"])

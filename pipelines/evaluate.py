@@ -165,7 +165,8 @@ def run_suite(model, tokenizer, builder: TaskBuilder, cfg: EvalSection, desc: st
             for i in range(cfg.samples):
                 sample = builder.sample(task, length, i, cfg.samples)
                 result = score_sample(model, tokenizer, sample)
-                rows.append({"task": task, "length": length, "index": i, "depth": sample.depth,
+                rows.append({"task": task, "variant": sample.variant, "length": length,
+                             "index": i, "depth": sample.depth,
                              "answers": [q.answer for q in sample.queries], **result})  # fmt: skip
                 bar.update()
     scores: dict = {}

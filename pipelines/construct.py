@@ -274,9 +274,9 @@ def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> Batc
     work = [DocWork(d) for d in docs]
     if method.candidates == "verified":
         work = _screen_retrieve_verify(ctx, batch_index, docs)
-    if method.layout == "nextlong":
+    if method.layout == "interleaved":
         samples = _nextlong_samples(ctx, docs, counts)
-    elif method.layout == "entropylong":
+    elif method.layout == "units":
         samples = _entropylong_samples(ctx, work, counts)
     else:
         samples = [s for w in work if (s := _assemble(ctx, w, counts)) is not None]

@@ -21,7 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Layout = Literal["policylong", "entropylong", "nextlong", "concat"]
+# How a sample is laid out (pipelines/assemble*.py):
+#   far_back     contexts spread before the document, positives farthest (assemble.py)
+#   units        [C_pi(1); ...; C_pi(m); D] units packed to seq_len (assemble_entropylong.py)
+#   interleaved  meta-chunks each followed by their negatives (assemble_nextlong.py)
+Layout = Literal["far_back", "units", "interleaved"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +48,11 @@ class MethodSpec:
 
 
 METHOD_SPECS = {
-    "policylong": MethodSpec("policylong", "verified", True, "policylong"),
-    "policylong_static": MethodSpec("policylong_static", "verified", False, "policylong"),
-    "entropylong": MethodSpec("entropylong", "verified", False, "entropylong"),
-    "nextlong": MethodSpec("nextlong", "meta_chunks", False, "nextlong"),
-    "concat": MethodSpec("concat", "none", False, "concat"),
+    "policylong": MethodSpec("policylong", "verified", True, "far_back"),
+    "policylong_static": MethodSpec("policylong_static", "verified", False, "far_back"),
+    "entropylong": MethodSpec("entropylong", "verified", False, "units"),
+    "nextlong": MethodSpec("nextlong", "meta_chunks", False, "interleaved"),
+    "concat": MethodSpec("concat", "none", False, "far_back"),
 }
 METHODS = tuple(METHOD_SPECS)
 

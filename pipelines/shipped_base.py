@@ -12,12 +12,11 @@ Installing writes the weights back as float32 (what a build writes, what every l
 into the cache. base_metrics.json records the build's metrics and, under "shipped", the held-out
 perplexity and long-copy gain re-measured on the bfloat16-rounded weights.
 
-    .venv/bin/python -m pipelines.shipped_base [--config configs/tiny.yaml]   # ship the cached base
+    .venv/bin/python -m pipelines.ship_base [--config configs/tiny.yaml]   # ship the cached base
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -120,33 +119,3 @@ def ship(model_dir: Path, heldout_blocks, batch_size: int, dest: Path) -> dict:
     manifest = {"cache_dir": dest.name, "files": {n: _sha256(dest / n) for n in files}}
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return metrics
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description="ship the profile's cached pi_0 (see the docstring)")
-    p.add_argument("--config", default="configs/tiny.yaml")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.INFO)
-    from cluster.runtime import init_ray
-    from pipelines import base_model
-    from pipelines.config import load_config
-    from pipelines.ingest import read_docs
-    from pipelines.tokenizer import load_tokenizer
-    from pipelines.world import base_dir, ensure_corpus
-
-    cfg = load_config(args.config)
-    init_ray(cfg.cluster)
-    corpus_dir = ensure_corpus(cfg)
-    model_dir = base_dir(cfg, corpus_dir)
-    if not (model_dir / "base_metrics.json").is_file():
-        raise SystemExit(f"no built base at {model_dir}: run `policylong prepare-base --rebuild`")
-    tok, pt = load_tokenizer(model_dir), cfg.pretrain
-    texts = read_docs(corpus_dir, "heldout")["text"].to_pylist()
-    blocks = base_model.pack(tok(texts)["input_ids"], tok.eos_token_id, pt.seq_len)
-    blocks = blocks[: max(1, pt.eval_tokens // pt.seq_len)]
-    metrics = ship(model_dir, blocks, pt.batch_size, ASSETS / model_dir.name)
-    print(json.dumps({"shipped": str(ASSETS / model_dir.name), **metrics["shipped"]}))
-
-
-if __name__ == "__main__":
-    main()

@@ -104,6 +104,7 @@ def test_concat_is_filler_and_the_document(one_stage_compare):
     assert not (stage_dir(cfg, 0) / "candidates").exists()
 
 
+@pytest.mark.timeout(1500)  # a two-stage run of its own (the compare's are one stage)
 def test_the_static_ablation_screens_every_stage_with_pi0(baseline_run, tiny_world):
     from actors.hf_backend import HFBackend
     from pipelines.entropy import token_entropies

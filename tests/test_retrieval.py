@@ -6,6 +6,8 @@ embedding every chunk); the CLI test runs the same command again and must find i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 from dataclasses import replace
@@ -52,14 +54,18 @@ def index_run(test_config, tiny_world, tmp_path_factory):
     (source / "docs.jsonl").write_text("\n".join(lines) + "\n")
     overrides = {
         "run.output_dir": root / "runs",
-        "run.cache_dir": test_config.run.cache_dir,
+        # a cache of its own: the build runs in every test run, not only on a fresh clone
+        "run.cache_dir": root / "cache",
         "corpus.source": source,
         "model.path": tiny_world.model_dir,
     }
     argv = ["build-index", "--config", str(REPO / "configs" / "test.yaml")]
     for key, value in overrides.items():
         argv += ["--set", f"{key}={value}"]
-    assert main(argv) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(argv) == 0
+    assert json.loads(out.getvalue().strip().splitlines()[-1])["reused"] is False  # built here
     cfg = load_config(REPO / "configs" / "test.yaml", [f"{k}={v}" for k, v in overrides.items()])
     return argv, cfg
 

@@ -61,6 +61,7 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
         f"task and length; likelihood score = gold answer ranks first among {e.options} "
         f"(chance {1 / e.options:.2f}); exact = greedy continuation contains the answer.",
         "",
+        *_extrapolation_line(lengths, max(cfg.stages.seq_lens)),
         "## Likelihood score, averaged over tasks",
         "",
         *_score_table(results, methods, lengths, _avg("likelihood")),
@@ -109,6 +110,17 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
     md = out / "compare.md"
     md.write_text("\n".join(lines) + "\n")
     return md, _plot(results, methods, lengths, e.options, out / "compare.png")
+
+
+def _extrapolation_line(lengths, longest: int) -> list[str]:
+    beyond = [n for n in lengths if int(n) > longest]
+    if not beyond:
+        return []
+    return [
+        f"Lengths {', '.join(map(str, beyond))} are past the longest trained stage ({longest}): "
+        "they measure extrapolation, not what the training taught.",
+        "",
+    ]
 
 
 def _cost_section(results, methods) -> list[str]:

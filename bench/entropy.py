@@ -17,6 +17,10 @@ embeddings; SmolLM2-135M's family, bench/gpu_smollm2.sh) instead of a Qwen2. The
 CPU benchmark above, unchanged.
 
     .venv/bin/python bench/entropy.py [--model-dir runs/cache/base-...] [--threads 2]
+    .venv/bin/python bench/entropy.py --smoke [--skip-vllm]   # tiny sizes: checks that it runs
+
+--smoke (what the test suite runs, so that a refactor cannot break the bench unseen) sets tiny
+defaults (SMOKE; explicit options still win) and measures nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DTYPES = ("float32", "bfloat16", "float16")
 ARCHS = ("qwen2", "llama")
+SMOKE = dict(
+    vocab=1024, hidden=64, layers=1, chunk=64, vocab_tile=256, threads=1, speed_tokens=128,
+    mem_lengths="128", repeats=1, warmup=0,
+)  # fmt: skip
 
 
 def _args() -> argparse.Namespace:
@@ -78,6 +86,9 @@ def _args() -> argparse.Namespace:
         "--peak-tflops", type=float, default=0.0, help="peak FLOP/s of the device for MFU (0: off)"
     )
     p.add_argument("--_mem-child", nargs=2, metavar=("MODE", "T"), help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE): checks that it runs")
+    if "--smoke" in sys.argv[1:]:
+        p.set_defaults(**SMOKE)
     return p.parse_args()
 
 
@@ -443,6 +454,8 @@ def main() -> None:
         "threads": args.threads,
         "speed_tokens": args.speed_tokens,
     }
+    if args.smoke:
+        result["smoke"] = True
     if _is_cuda(args) or args.dtype != "float32":
         cfg = _body_config(args)
         result |= {

@@ -8,6 +8,10 @@ a GPU to the 2-core CPU build: `--step-cost` times one step of each kind on this
     python bench/pi0_sweep.py --prepare-data .gpudata/tiny.pt      # here: tokenize the corpus
     python bench/pi0_sweep.py --data .gpudata/tiny.pt --device cuda  # anywhere with torch
     python bench/pi0_sweep.py --data .gpudata/tiny.pt --step-cost    # CPU seconds per step kind
+    python bench/pi0_sweep.py --smoke     # random tokens, a 64-wide model, every step kind once
+
+--smoke (what the test suite runs, so that a refactor of pipelines/base_model cannot break the
+sweep unseen) needs no --data and measures nothing.
 
 Prints one JSON line: per recipe, its trajectory and final gain / perplexity.
 """
@@ -69,6 +73,17 @@ RECIPES: dict[str, list[tuple]] = {
         ("mixed", 1000, 2e-3),
     ],
 }
+
+
+# --smoke: every step kind, an evaluation after each phase
+SMOKE_RECIPE = [(kind, 1, 1e-3) for kind in ("induction", "distance", "plain", "text", "mixed")]
+
+
+def smoke_data(seq_len: int, vocab: int = 512) -> dict:
+    """Random tokens shaped like what --prepare-data writes (rows of seq_len)."""
+    g = torch.Generator().manual_seed(0)
+    rows = lambda n: torch.randint(1, vocab, (n, seq_len), generator=g)  # noqa: E731
+    return {"train": rows(32), "heldout": rows(24), "vocab": vocab, "eos": 0}
 
 
 def prepare_data(out: Path) -> None:
@@ -214,11 +229,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--hidden", type=int, help="override model.hidden_size")
     p.add_argument("--out", type=Path, help="also write the JSON here after every recipe")
+    p.add_argument("--smoke", action="store_true", help="random tokens, tiny model: it runs")
     args = p.parse_args()
     if args.prepare_data:
         return prepare_data(args.prepare_data)
-    data = torch.load(args.data)
     cfg = load_config("configs/tiny.yaml")
+    if args.smoke:
+        RECIPES["smoke"] = SMOKE_RECIPE
+        args.recipes, args.hidden = "smoke", args.hidden or 64
+        args.time_limit = float("inf")  # every step kind must run, however loaded the machine
+    data = smoke_data(cfg.pretrain.seq_len) if args.smoke else torch.load(args.data)
     mcfg = cfg.model
     if args.hidden:
         fields = vars(mcfg) | {"hidden_size": args.hidden, "intermediate_size": 3 * args.hidden}
@@ -235,7 +255,10 @@ def main() -> None:
             name, RECIPES[name], data, cfg.pretrain, mcfg, args.device,
             args.eval_every, args.time_limit,
         )  # fmt: skip
-        line = json.dumps({"device": args.device, "hidden": mcfg.hidden_size, "recipes": results})
+        line = json.dumps(
+            {"device": args.device, "hidden": mcfg.hidden_size, "recipes": results}
+            | ({"smoke": True} if args.smoke else {})
+        )
         if args.out:
             args.out.write_text(line + "\n")
     print(line)

@@ -7,11 +7,16 @@ per-token formulas, fits one seconds-per-FLOP per role on the first run, and pre
 other run's per-stage busy seconds. Prints ONE JSON line: the fitted rates and the relative
 errors per role (median, max), so the plan's GPU-hours can be read with that error in mind.
 
-    .venv/bin/python bench/plan_calibration.py [RUN_DIR ...]
+    .venv/bin/python bench/plan_calibration.py [RUN_DIR ...] [--profile CONFIG]
+
+The runs' profile (model shape, chunk size, stages) is the first run's own config.yaml unless
+--profile names one. The test suite runs it on its one-stage compare's runs, so that a change of
+the run layout cannot break it unseen.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -63,8 +68,8 @@ def stage_work(run: Path, k: int, shape, chunk_tokens: int) -> dict:
     return {"flops": flops, "seconds": seconds}
 
 
-def main(runs: list[Path], profile: str = "configs/tiny.yaml") -> dict:
-    cfg = load_config(profile)  # the runs' profile: model shape, chunk size, stages
+def main(runs: list[Path], profile: str | Path = "") -> dict:
+    cfg = load_config(profile or runs[0] / "config.yaml")  # model shape, chunk size, stages
     shape = model_shape(cfg)
     stages = range(len(cfg.stages.seq_lens))
     work = {r.name: [stage_work(r, k, shape, cfg.index.chunk_tokens) for k in stages] for r in runs}
@@ -94,9 +99,14 @@ def main(runs: list[Path], profile: str = "configs/tiny.yaml") -> dict:
 
 
 if __name__ == "__main__":
-    args = [Path(a) for a in sys.argv[1:]]
-    if not args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="*", type=Path, help="finished run dirs (default: the compare's)")
+    p.add_argument("--profile", default="", help="the runs' config (default: the first's own)")
+    args = p.parse_args()
+    if not args.runs:
         root = Path("runs/tiny-compare")
-        args = [root / f"{m}-seed{s}" for s in (0, 1) for m in ("policylong", "entropylong")]
-    runs = [r for r in args if (r / "stages").is_dir()]
-    print(json.dumps(main(runs)))
+        args.runs = [root / f"{m}-seed{s}" for s in (0, 1) for m in ("policylong", "entropylong")]
+    runs = [r for r in args.runs if (r / "stages").is_dir()]
+    if not runs:
+        sys.exit(f"error: no finished run among {[str(r) for r in args.runs]}")
+    print(json.dumps(main(runs, args.profile)))

@@ -11,6 +11,10 @@ Prints one JSON line:
       the actors' probe entropies equal a reference model's.
 
     .venv/bin/python bench/stage.py [--config configs/test.yaml] [--broadcast-hidden 512]
+    .venv/bin/python bench/stage.py --smoke     # tiny sizes, one round: checks that it runs
+
+--smoke numbers measure nothing (the test suite runs it so that a refactor cannot break the
+bench unseen); --address joins a running Ray instead of starting one.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def bench_stage(config: str, out_dir: str) -> dict:
+def bench_stage(config: str, out_dir: str, smoke: bool = False) -> dict:
     from pipelines.config import load_config
     from pipelines.policylong import run_policylong, stage_dir
 
+    tokens, seed_docs = (2048, 16) if smoke else (16384, 160)
     cfg = load_config(
         config,
         [
@@ -38,8 +43,8 @@ def bench_stage(config: str, out_dir: str) -> dict:
             "run.name=bench-stage",
             "stages.seq_lens=[512]",
             "stages.rope_thetas=[20000.0]",
-            "stages.tokens_per_stage=16384",
-            "stages.seed_docs_per_stage=160",
+            f"stages.tokens_per_stage={tokens}",
+            f"stages.seed_docs_per_stage={seed_docs}",
             # The small bases barely use context: demo thresholds, as in configs/tiny.yaml.
             "verify.tau_pos=0.005",
             "verify.tau_neg=0.0",
@@ -60,13 +65,13 @@ def bench_stage(config: str, out_dir: str) -> dict:
     }
 
 
-def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str) -> dict:
+def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str, rounds: int = 3) -> dict:
     """pi_1..pi_3 (distinct checkpoints, as the trainer writes them) sent to HF-backend actors by
-    the default transport (checkpoint dir) and by the object store, in turns, best of three."""
+    the default transport (checkpoint dir) and by the object store, in turns, best of `rounds`."""
     import ray
     import torch
 
-    from actors.scorer import EntropyScorer
+    from actors.scorer import EntropyScorer, scorer_spec
     from cluster.transport_checkpoint_dir import CheckpointDirTransport
     from cluster.transport_object_store import ObjectStoreTransport, load_policy_payload
     from pipelines.base_model import build_model
@@ -85,9 +90,9 @@ def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str) -> dict
                 p.add_(torch.randn_like(p) * 0.01)  # a new policy per version
         model.save_pretrained(str(d))
         tok.save_pretrained(str(d))
-    cfg = Config()
+    cfg = Config()  # the defaults: HF backend
     actors = [
-        ray.remote(EntropyScorer).options(num_cpus=0.5).remote(cfg, str(dirs[0]), i)
+        ray.remote(EntropyScorer).options(num_cpus=0.5).remote(scorer_spec(cfg, i), str(dirs[0]))
         for i in range(num_actors)
     ]
     ray.get([a.warmup.remote() for a in actors])
@@ -98,7 +103,7 @@ def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str) -> dict
     best = {"memcpy": float("inf"), "checkpoint_dir": float("inf"), "object_store": float("inf")}
     first_probe_s = steady_probe_s = float("inf")
     version = 0
-    for _ in range(3):  # in turns: the machine is noisy
+    for _ in range(rounds):  # in turns: the machine is noisy
         start = time.perf_counter()
         copy = {k: v.clone() for k, v in state.items()}
         best["memcpy"] = min(best["memcpy"], time.perf_counter() - start)
@@ -160,15 +165,23 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=2, help="actors receiving the broadcast")
     parser.add_argument("--skip-stage", action="store_true", help="only the broadcast part")
     parser.add_argument("--keep", default="", help="run the stage in this dir and keep it")
+    parser.add_argument("--address", default="", help="join this Ray (default: a local one)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny stage and broadcast model, one round"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.broadcast_hidden, args.broadcast_layers = 64, 1
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    local = {} if args.address else {"num_cpus": 2, "include_dashboard": False}
+    ray.init(address=args.address or None, log_to_driver=False, **local)
     with tempfile.TemporaryDirectory() as tmp:
-        result = {} if args.skip_stage else bench_stage(args.config, args.keep or tmp)
-        result |= bench_broadcast(args.broadcast_hidden, args.broadcast_layers, args.actors, tmp)
-    print(json.dumps(result))
+        stage = {} if args.skip_stage else bench_stage(args.config, args.keep or tmp, args.smoke)
+        shape = (args.broadcast_hidden, args.broadcast_layers, args.actors, tmp)
+        result = stage | bench_broadcast(*shape, rounds=1 if args.smoke else 3)
+    print(json.dumps(result | ({"smoke": True} if args.smoke else {})))
 
 
 if __name__ == "__main__":

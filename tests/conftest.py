@@ -11,6 +11,18 @@ import pytest
 from timeouts import pytest_timeout_set_timer  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaked_ray_resources(request):
+    """What a module leaves alive in the session's Ray is removed and named (tests/ray_leaks.py)."""
+    from ray_leaks import alive_ids, remove_leaks
+
+    before = alive_ids()
+    yield
+    remove_leaks(before, request.module.__name__)
+
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

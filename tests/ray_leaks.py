@@ -1,0 +1,60 @@
+"""A guard between test modules: an actor or placement group a module leaves alive keeps its
+Ray resources for the rest of the session (2 CPUs here), and a later run then cannot place its
+trainers. At each module's end, whatever it left alive is removed and named in a warning."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+
+def alive_ids() -> tuple[set[str], set[str]]:
+    """(alive actor ids, created placement group ids) of the connected Ray, or empty sets."""
+    import sys
+
+    if "ray" not in sys.modules:  # a module that never used Ray: nothing to import or check
+        return set(), set()
+    import ray
+
+    if not ray.is_initialized():
+        return set(), set()
+    from ray._private import state  # the GCS's tables; the state API needs the dashboard
+
+    actors = {k for k, v in state.actors().items() if v["State"] not in ("DEAD",)}
+    groups = {k for k, v in ray.util.placement_group_table().items() if v["state"] == "CREATED"}
+    return actors, groups
+
+
+def remove_leaks(before: tuple[set[str], set[str]], module: str, grace_s: float = 10.0) -> None:
+    """Kill the actors and remove the placement groups that are alive now but were not before;
+    ray.kill is asynchronous, so first give the module's own kills a moment to land."""
+    import ray
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        actors, groups = (now - old for now, old in zip(alive_ids(), before, strict=True))
+        if not (actors or groups) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if not (actors or groups):
+        return
+    from ray._private import state
+
+    table = state.actors()
+    names = sorted(table[a]["ActorClassName"] for a in actors if a in table)
+    from ray.util.placement_group import PlacementGroup
+
+    core = ray._private.worker.global_worker.core_worker  # kills by id: no handle survives here
+    for a in actors:
+        core.kill_actor(ray.ActorID(bytes.fromhex(a)), True)
+    for g in groups:
+        ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(g))))
+    deadline = time.monotonic() + 30  # removal is asynchronous too: wait for the resources
+    while any(now & leaked for now, leaked in zip(alive_ids(), (actors, groups), strict=True)):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    time.sleep(2.0)  # the resource view trails the tables by ~0.5 s (measured)
+    warnings.warn(
+        f"{module} left Ray actors {names} and {len(groups)} placement group(s) alive", stacklevel=2
+    )

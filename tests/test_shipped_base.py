@@ -102,3 +102,36 @@ def test_another_profile_or_a_changed_file_gets_no_shipped_base(
     cfg = load_test_profile(f"run.cache_dir={tmp_path / 'c'}")
     with pytest.raises(UserError, match="model.safetensors' is missing or changed"):
         world_module.ensure_world(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_embedded_defaults_shipped_pi0_is_the_one_its_profile_names_and_copies(
+    ray_local, tmp_path
+):
+    """configs/tiny.yaml's cache key names a shipped folder whose files match their sha256, and
+    the installed weights, re-measured here on held-out text, copy at D = 256 (>= 1 nat: a
+    model without induction heads measures 0.00) and beat the unigram's perplexity."""
+    import json
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.base_model import mean_nll
+    from pipelines.config import load_config
+    from pipelines.long_copy import long_copy_gain
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run.output_dir={tmp_path}"])
+    corpus_dir = world_module.ensure_corpus(cfg)
+    key = world_module.base_dir(cfg, corpus_dir).name
+    src = shipped_base.ASSETS / key
+    assert shipped_base.shipped_for(tmp_path / key) == src, f"nothing shipped for {key}"
+    shipped_base.verify_shipped(src)
+    metrics = shipped_base.install_shipped(src, tmp_path / key)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / key), dtype=torch.float32)
+    blocks = _heldout_blocks(cfg, corpus_dir, tmp_path / key)
+    gain = long_copy_gain(model, blocks.flatten().tolist(), [256], samples=12)[256]
+    ppl = math.exp(mean_nll(model, blocks, cfg.pretrain.batch_size))
+    print("shipped tiny pi_0:", json.dumps({"gain_256": gain, "heldout_ppl": ppl}))
+    assert gain["gain"] >= 1.0, gain
+    assert ppl < metrics["unigram_ppl"], (ppl, metrics["unigram_ppl"])

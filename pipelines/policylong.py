@@ -208,6 +208,10 @@ def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> dict:
         construction.join()
         cause = result.get("error") or train_error  # the trainer stopped because of it
         raise _stage_failure(ctx, cause) from None
+    except KeyboardInterrupt:  # Ctrl-C: stop constructing, keep what is committed
+        ctx.stop.set()
+        construction.join()
+        raise
     construction.join()
     if "error" in result:
         raise _stage_failure(ctx, result["error"])

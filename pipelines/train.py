@@ -371,4 +371,29 @@ def train_stage(spec: StageTrainSpec, workers: ActorGroup):
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-    return trainer.fit()
+    return _fit_off_the_main_thread(trainer, f"train-stage-{spec.stage}")
+
+
+def _fit_off_the_main_thread(trainer, name: str):
+    """trainer.fit() in a daemon thread while the main thread waits. Called on the main thread,
+    Ray Train's fit() replaces the SIGINT handler with a "graceful abort" after which the driver
+    exits with status 1 and no message (ray 2.60, DataParallelTrainer._register_sigint_handler;
+    measured); off it, Ctrl-C stays a KeyboardInterrupt of the driver: one line, exit 130, and
+    the rerun resumes from the committed samples and the trainers' ledgers."""
+    import threading
+
+    box: dict = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the main thread below
+            box["error"] = e
+
+    thread = threading.Thread(target=fit, name=name, daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)  # a short wait: the main thread sees Ctrl-C between the joins
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

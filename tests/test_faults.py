@@ -11,45 +11,53 @@ import pytest
 from one_stage import ONE_STAGE
 
 import pipelines.construct
-from pipelines.errors import StageFailed
-from pipelines.policylong import run_policylong, stage_dir
+from pipelines.policylong import stage_dir
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.mark.timeout(300)
 def test_a_step_that_raises_fails_the_run_in_one_line_and_a_rerun_resumes(
-    load_test_profile, tiny_world, ray_local, monkeypatch
+    load_test_profile, tiny_world, ray_local, monkeypatch, tmp_path, capsys
 ):
+    import yaml
+
+    from pipelines.cli import main
+
     # concat: no scorer or verifier to start, the fault is what is tested
     cfg = load_test_profile("run.name=fault-assemble", "stages.method=concat", *ONE_STAGE)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    command = ["run", "--config", str(tmp_path / "config.yaml")]
 
     def broken(*args, **kwargs):
         raise ValueError("injected fault")
 
     monkeypatch.setattr(pipelines.construct, "assemble_sample", broken)
-    with pytest.raises(StageFailed) as failure:  # not a hang: the test's timeout guards that
-        run_policylong(cfg)
-    message = str(failure.value)
-    assert message.startswith("stage 0 failed in assemble: ValueError: injected fault;")
-    assert "\n" not in message and "rerun" in message
+    capsys.readouterr()
+    assert main(command) == 1  # not a hang: the test's timeout guards that
+    err = capsys.readouterr().err  # the run's log, then its one error line
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("error: stage 0 failed in assemble: ValueError: injected fault;")
+    assert "Traceback" not in err and err.count("error: ") == 1, err[-3000:]
+    assert "rerun" in message
     samples = stage_dir(cfg, 0) / "samples"
     assert json.loads((samples / "failed.json").read_text())["reason"].startswith("assemble:")
     assert not (samples / "manifest.json").exists()  # construction is not marked complete
     assert not (stage_dir(cfg, 0) / "stage_manifest.json").exists()
 
     monkeypatch.undo()
-    result = run_policylong(cfg)  # the same command, the fault gone: the stage completes
-    assert result["new_work"] and (stage_dir(cfg, 0) / "stage_manifest.json").is_file()
+    assert main(command) == 0  # the same command, the fault gone: the stage completes
+    assert (stage_dir(cfg, 0) / "stage_manifest.json").is_file()
     assert not (samples / "failed.json").exists()
 
 
 def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
-    one_stage_compare, tiny_world, ray_local
+    one_stage_compare, tiny_world, ray_local, tmp_path
 ):
     """After a broadcast of pi_1, a scorer whose process dies is restarted by Ray with its
     first constructor arguments (pi_0); it must still come back holding pi_1, proven with
     the trainer's probe before it takes work."""
+    import shutil
     import time
 
     import ray
@@ -60,7 +68,8 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
     from pipelines.methods import method_spec
 
     cfg = method_config(one_stage_compare[0], "policylong", 0)
-    pi_1 = (stage_dir(cfg, 0) / "model").resolve()
+    pi_1 = tmp_path / "pi_1"  # a copy: its probe.json is altered below
+    shutil.copytree(stage_dir(cfg, 0) / "model", pi_1)
     probe = json.loads((pi_1 / "probe.json").read_text())
     index_dir = cached_index_dir(cfg, tiny_world.corpus_dir, tiny_world.model_dir)
     index = build_index(index_dir, tiny_world.corpus_dir, tiny_world.model_dir, cfg.index)
@@ -70,17 +79,26 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
         fleet.start(tiny_world.model_dir, 0)
         fleet.broadcast(pi_1, 1, probe["probe_ids"], cfg.stages.probe_tolerance)
         scorer = fleet.scorers[0]
-        before = ray.get(scorer.pid.remote())
-        ray.kill(scorer, no_restart=False)  # the process dies; Ray restarts it
-        # ray.kill is asynchronous: calls may still reach the old process; wait for the new one
-        deadline = time.monotonic() + 300
-        while ray.get(scorer.pid.remote()) == before:
-            assert time.monotonic() < deadline, "the killed scorer was not restarted"
-            time.sleep(0.5)
+
+        def restarted(before: int) -> int:
+            ray.kill(scorer, no_restart=False)  # the process dies; Ray restarts it
+            # ray.kill is asynchronous: calls may still reach the old process
+            deadline = time.monotonic() + 300
+            while (pid := ray.get(scorer.pid.remote())) == before:
+                assert time.monotonic() < deadline, "the killed scorer was not restarted"
+                time.sleep(0.5)
+            return pid
+
+        pid = restarted(ray.get(scorer.pid.remote()))
         assert ray.get(scorer.policy_version.remote()) == 1
         got = ray.get(scorer.probe_entropy.remote(probe["probe_ids"]))
         assert max(abs(a - b) for a, b in zip(got, probe["entropies"], strict=True)) <= 1e-4
-        assert ray.get(scorer.prove_policy.remote()) <= cfg.stages.probe_tolerance
+        # The proof is real: with the trainer's probe entropies altered (as if the weights on
+        # disk were not the trainer's), the next restart refuses to serve instead of coming back.
+        altered = {**probe, "entropies": [e + 0.5 for e in probe["entropies"]]}
+        (pi_1 / "probe.json").write_text(json.dumps(altered))
+        with pytest.raises(ray.exceptions.RayActorError, match="probe entropies differ"):
+            restarted(pid)
 
 
 def _stage_ids(cfg) -> list[str]:
@@ -91,12 +109,14 @@ def _stage_ids(cfg) -> list[str]:
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("signum", ["SIGKILL", "SIGINT"])
 def test_a_driver_killed_mid_stage_and_rerun_commits_what_an_undisturbed_run_did(
-    one_stage_compare, tmp_path, ray_local
+    one_stage_compare, tmp_path, ray_local, signum
 ):
     """`policylong run` as a user starts it (a process of its own, here joined to the test's
-    Ray), killed with SIGKILL once the stage has committed samples; the same command rerun
-    completes, and its samples are those of the compare's undisturbed run of the same config."""
+    Ray), killed with SIGKILL (a preempted node) or interrupted with SIGINT (Ctrl-C: exit code
+    130 and one line) once the stage has committed samples; the same command rerun completes,
+    and its samples are those of the compare's undisturbed run of the same config."""
     import dataclasses
     import os
     import signal
@@ -130,9 +150,15 @@ def test_a_driver_killed_mid_stage_and_rerun_commits_what_an_undisturbed_run_did
     while not list(samples.glob("*.done")) and driver.poll() is None:
         assert time.monotonic() < deadline, "the driver committed nothing in 10 minutes"
         time.sleep(0.2)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    assert driver.returncode == -signal.SIGKILL  # killed, not finished on its own
+    os.kill(driver.pid, getattr(signal, signum))
+    err = driver.communicate(timeout=300)[1].decode()
+    if signum == "SIGKILL":
+        assert driver.returncode == -signal.SIGKILL  # killed, not finished on its own
+    else:
+        assert driver.returncode == 130, [x for x in err.splitlines() if "rror" in x][-20:]
+        # the driver's own line (Ray's log monitor may flush a deduplicated line after it)
+        assert "interrupted: rerun the same command to resume" in err.splitlines(), err[-2000:]
+        assert "Traceback" not in err, err[-2000:]
     assert not (stage_dir(cfg, 0) / "stage_manifest.json").exists()  # mid-stage
 
     rerun = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)

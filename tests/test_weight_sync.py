@@ -75,6 +75,13 @@ def _probe_reference(model_dir, probe: list[int]) -> list[float]:
     return token_entropies(h, backend.lm_head_weight(), 64, 100, compiled=False)[1:].tolist()
 
 
+def _max_diff(ray_local, actors, model_dir, tokens: list[int]) -> float:
+    """The largest difference between any actor's entropies of `tokens` and model_dir's."""
+    expected = _probe_reference(model_dir, tokens)
+    got = ray_local.get([a.probe_entropy.remote(tokens) for a in actors])
+    return max(abs(a - b) for row in got for a, b in zip(row, expected, strict=True))
+
+
 @pytest.mark.parametrize("kind", ["checkpoint_dir", "object_store", "collective"])
 def test_transport_delivers_new_policy(kind, ray_local, test_config, tiny_world, next_policy):
     from actors.scorer import create_scorers
@@ -91,8 +98,17 @@ def test_transport_delivers_new_policy(kind, ray_local, test_config, tiny_world,
         # 1 MB buckets: the collective sends the tiny model in several broadcasts.
         transport = make_transport(kind, "hf", bucket_mb=1)
         result = broadcast([(transport, actors)], next_policy, 1, probe, expected, 1e-4)
-        assert result["actors"] == 2 and result["probe_max_diff"] <= 1e-4
+        assert result["actors"] == 2
         assert ray_local.get([a.policy_version.remote() for a in actors]) == [1, 1]
+        # Checked here, not by broadcast's own probe check: other tokens, a reference of pi_1
+        # computed in this process. pi_1 differs from pi_0 by far more than the tolerance.
+        check = list(range(400, 700))
+        assert _max_diff(ray_local, actors, next_policy, check) <= 1e-4
+        # The control: the same transport loads the wrong policy (pi_0 as version 2), and the
+        # same check fails.
+        pi_0 = tiny_world.model_dir
+        broadcast([(transport, actors)], pi_0, 2, probe, _probe_reference(pi_0, probe), 1e-4)
+        assert _max_diff(ray_local, actors, next_policy, check) > 1e-2
         transport.close()
     finally:
         for a in actors:

@@ -86,7 +86,8 @@ def transfer_engine() -> str:
 def _quiet_vllm() -> None:
     """Before vLLM is imported: its CPU build warns at every engine start about what this host
     lacks (Triton, tcmalloc, iomp, CUDA graphs), a dozen lines per actor that say nothing about
-    the run. Errors still show; VLLM_LOGGING_LEVEL set by the user wins."""
+    the run, and ~100 INFO lines. Errors still show; VLLM_LOGGING_LEVEL set by the user wins
+    (INFO to debug an engine)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
 
@@ -106,8 +107,6 @@ class VLLMBackend:
         # Read by the engine process at start-up: "nobind" leaves threads to the OS (and to
         # OMP_NUM_THREADS); "auto" binds every engine on a node to the same first core.
         os.environ["VLLM_CPU_OMP_THREADS_BIND"] = omp_threads_bind
-        # vLLM logs ~100 INFO lines per engine start; keep warnings (set it to INFO to debug).
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         self.memory_utilization = memory_utilization
         self.max_model_len = max_model_len
         self.enforce_eager = enforce_eager

@@ -16,11 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module", autouse=True)
 def no_leaked_ray_resources(request):
     """What a module leaves alive in the session's Ray is removed and named (tests/ray_leaks.py)."""
-    from ray_leaks import alive_ids, remove_leaks
+    from ray_leaks import alive_ids, free_cpus, remove_leaks, warn_if_cpus_held
 
-    before = alive_ids()
+    before, cpus = alive_ids(), free_cpus()
     yield
     remove_leaks(before, request.module.__name__)
+    warn_if_cpus_held(cpus, request.module.__name__)
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

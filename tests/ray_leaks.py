@@ -28,6 +28,28 @@ def alive_ids() -> tuple[set[str], set[str]]:
     return actors, groups
 
 
+def free_cpus() -> float | None:
+    """The connected Ray's free CPUs, or None."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.available_resources().get("CPU", 0.0) if ray.is_initialized() else None
+
+
+def warn_if_cpus_held(before: float | None, module: str, grace_s: float = 5.0) -> None:
+    """A module may hold CPUs by what the tables above do not show (another job's actors, a
+    task still running): name the amount, so the next failure says where it started."""
+    deadline = time.monotonic() + grace_s
+    while before is not None and (now := free_cpus()) is not None and now + 1e-6 < before:
+        if time.monotonic() > deadline:
+            warnings.warn(f"{module} left {before - now:g} CPU held in Ray", stacklevel=2)
+            return
+        time.sleep(0.5)
+
+
 def remove_leaks(before: tuple[set[str], set[str]], module: str, grace_s: float = 10.0) -> None:
     """Kill the actors and remove the placement groups that are alive now but were not before;
     ray.kill is asynchronous, so first give the module's own kills a moment to land."""

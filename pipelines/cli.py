@@ -151,8 +151,7 @@ def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
     corpus_dir = _corpus_dir(cfg)
     results = {}
     for model_dir in args.model:
-        name = Path(model_dir).resolve().name
-        target = out / name if len(args.model) > 1 else out
+        target = _eval_target(out, model_dir, len(args.model))
         results[str(model_dir)] = evaluate_model(
             model_dir,
             corpus_dir,
@@ -168,6 +167,11 @@ def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
     print(json.dumps({"out": str(out), "models": line}))
 
 
+def _eval_target(out: Path, model_dir, models: int) -> Path:
+    """Where one model's eval.json goes: `out`, or its own subfolder when several are given."""
+    return out / Path(model_dir).resolve().name if models > 1 else out
+
+
 def _harness_eval(cfg: Config, args: argparse.Namespace, out: Path) -> None:
     """lm-eval's RULER tasks (eval.harness_tasks) at eval.lengths, eval.samples per task and
     length, into each model's eval.json."""
@@ -176,8 +180,7 @@ def _harness_eval(cfg: Config, args: argparse.Namespace, out: Path) -> None:
 
     results = {}
     for model_dir in args.model:
-        name = Path(model_dir).resolve().name
-        target = out / name if len(args.model) > 1 else out
+        target = _eval_target(out, model_dir, len(args.model))
         lengths = [n for n in cfg.eval.lengths if n <= max_positions(model_dir)]
         got = run_harness(model_dir, cfg.eval.harness_tasks, lengths, cfg.eval.samples, target)
         results[str(model_dir)] = got["tasks"]

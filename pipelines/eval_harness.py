@@ -21,8 +21,6 @@ from pathlib import Path
 
 from pipelines.errors import UserError
 
-log = logging.getLogger(__name__)
-
 # lm-eval's RULER tasks whose haystacks it generates locally (read in lm_eval 0.4.13's
 # tasks/ruler: the niah_* tasks with an essay haystack and qa_* download their data).
 OFFLINE_RULER_TASKS = (

@@ -8,15 +8,19 @@ import time
 import warnings
 
 
-def alive_ids() -> tuple[set[str], set[str]]:
-    """(alive actor ids, created placement group ids) of the connected Ray, or empty sets."""
+def _connected_ray():
+    """The ray module when this process is connected, else None (a module that never used Ray
+    costs no import)."""
     import sys
 
-    if "ray" not in sys.modules:  # a module that never used Ray: nothing to import or check
-        return set(), set()
-    import ray
+    ray = sys.modules.get("ray")
+    return ray if ray is not None and ray.is_initialized() else None
 
-    if not ray.is_initialized():
+
+def alive_ids() -> tuple[set[str], set[str]]:
+    """(alive actor ids, created placement group ids) of the connected Ray, or empty sets."""
+    ray = _connected_ray()
+    if ray is None:
         return set(), set()
     from ray._private import state  # the GCS's tables; the state API needs the dashboard
 
@@ -30,13 +34,8 @@ def alive_ids() -> tuple[set[str], set[str]]:
 
 def free_cpus() -> float | None:
     """The connected Ray's free CPUs, or None."""
-    import sys
-
-    if "ray" not in sys.modules:
-        return None
-    import ray
-
-    return ray.available_resources().get("CPU", 0.0) if ray.is_initialized() else None
+    ray = _connected_ray()
+    return None if ray is None else ray.available_resources().get("CPU", 0.0)
 
 
 def warn_if_cpus_held(before: float | None, module: str, grace_s: float = 5.0) -> None:

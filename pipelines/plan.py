@@ -30,6 +30,7 @@ from pipelines.assemble import document_window
 from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.methods import method_spec
+from pipelines.plan_split import ROLES, Split, describe, propose
 
 BYTES_PER_VECTOR_EXTRA = 8  # FAISS ids
 
@@ -73,6 +74,8 @@ class Assumptions:
     storage_gbps: float = 2.0  # checkpoint_dir: each node reads the checkpoint
     collective_gbps: float = 50.0  # NCCL broadcast
     pool_chunks: int = 0  # retrieval pool size; 0 = the built index's, if any, else unknown
+    gpus: float = 0.0  # GPUs to split among the roles; 0 = the profile's total (plan_split.py)
+    switch_s: float = 60.0  # time-sharing: one switch between constructing and training
 
 
 def model_shape(cfg: Config, model_config: str | None = None) -> ModelShape:
@@ -184,6 +187,9 @@ def plan(cfg: Config, a: Assumptions, model_config: str | None = None) -> dict:
     weight_bytes = shape.params * (2 if cfg.model.dtype != "float32" else 4)
     gbps = a.collective_gbps if cfg.stages.weight_transport == "collective" else a.storage_gbps
     pool = a.pool_chunks or built_pool_chunks(cfg)
+    per_actor = {role: getattr(r, role).gpus for role in ROLES}
+    profile = Split(r.scorer.count, r.verifier.count, r.trainer.count)
+    gpus = a.gpus or profile.gpus(per_actor)
     return {
         "model": asdict(shape),
         "method": method.name,
@@ -200,6 +206,7 @@ def plan(cfg: Config, a: Assumptions, model_config: str | None = None) -> dict:
         if pool
         else None,
         "bottleneck": _bottleneck(stages, method.screens, r),
+        "split": propose(stages, method.screens, profile, per_actor, gpus, a.switch_s),
     }
 
 
@@ -227,6 +234,13 @@ def cluster_fit(placement: dict, cluster_yaml: Path) -> dict:
     return {"need": need, "cluster_max": have, "fits": all(need[k] <= have[k] for k in need)}
 
 
+ASSUMPTION_HELP = {
+    "gpus": "GPUs to split among scorers, verifiers and trainers; 0: the profile's total ",
+    "switch_s": "seconds per switch between constructing and training when time-sharing ",
+    "pool_chunks": "retrieval pool size in chunks; 0: the built index's ",
+}
+
+
 def plan_arguments(p) -> None:
     p.add_argument(
         "--model-config",
@@ -244,7 +258,8 @@ def plan_arguments(p) -> None:
     defaults = Assumptions()
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, type=type(value), default=value, help=f"(default: {value})")
+        what = ASSUMPTION_HELP.get(name, "")
+        p.add_argument(flag, type=type(value), default=value, help=f"{what}(default: {value})")
 
 
 def assumptions_of(args) -> Assumptions:
@@ -294,6 +309,7 @@ def cmd_plan(cfg: Config, args) -> None:
         f"index {result['index_bytes_per_vector']} B/vector, {index_size(result)}; "
         f"bottleneck: {result['bottleneck']}"
     )
+    print("\n".join(describe(result["split"])))
     print(json.dumps(result))
 
 

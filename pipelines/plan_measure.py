@@ -28,6 +28,7 @@ from pipelines.config import Config
 from pipelines.errors import UserError
 from pipelines.methods import method_spec
 from pipelines.plan import Assumptions, model_shape, plan, stage_work
+from pipelines.plan_split import describe
 
 TAU_POS_GRID = (0.05, 0.1, 0.2, 0.4)
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -272,6 +273,7 @@ def print_measurement(record: dict, out: Path) -> None:
             f"{s['stage']:5d} {need:>17s} {total:>11s} {str(f['corpus_has']):>11s} "
             f"{s['scorer_gpu_h']:9.2f} {s['verifier_gpu_h']:11.2f} {s['trainer_gpu_h']:10.2f}"
         )
+    print("\n".join(describe(record["plan"]["split"])))
     print(f"corpus: {record['corpus_documents']:,} documents; saved {out}")
     if record["cannot_fill"]:
         print(record["cannot_fill"])

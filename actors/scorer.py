@@ -45,8 +45,9 @@ def create_scorers(
 
     group, restarts = cfg.resources.scorer, cfg.cluster.actor_max_restarts
     actor_cls = ray.remote(EntropyScorer).options(
-        num_cpus=group.cpus, num_gpus=group.gpus, max_restarts=restarts, max_task_retries=restarts
-    )
+        num_cpus=group.cpus, num_gpus=group.gpus, resources=group.resources or None,
+        max_restarts=restarts, max_task_retries=restarts,
+    )  # fmt: skip
     n = num if num is not None else group.count
     specs = [scorer_spec(cfg, i, pointer) for i in range(n)]
     return [actor_cls.remote(spec, str(model_dir), version) for spec in specs]

@@ -87,8 +87,9 @@ def create_verifiers(
 
     group, restarts = cfg.resources.verifier, cfg.cluster.actor_max_restarts
     actor_cls = ray.remote(Verifier).options(
-        num_cpus=group.cpus, num_gpus=group.gpus, max_restarts=restarts, max_task_retries=restarts
-    )
+        num_cpus=group.cpus, num_gpus=group.gpus, resources=group.resources or None,
+        max_restarts=restarts, max_task_retries=restarts,
+    )  # fmt: skip
     return [
         actor_cls.remote(verifier_spec(cfg, i, pointer), cfg.verify, str(model_dir), version)
         for i in range(group.count)

@@ -74,6 +74,8 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
         return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if typing.get_origin(tp) is dict:
+        return "a mapping of names to numbers, e.g. {name: 1}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(
         tp, str(tp)
     )
@@ -92,6 +94,10 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         return [
             _coerce(f"{key}[{i}]", v, typing.get_args(tp)[0], meta) for i, v in enumerate(value)
         ]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad
+        return {k: _coerce(f"{key}.{k}", v, typing.get_args(tp)[1], meta) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise bad

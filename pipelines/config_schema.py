@@ -235,6 +235,9 @@ class ActorGroup:
     count: int = field(default=1, metadata=_r(1))
     cpus: float = field(default=0.5, metadata=_r(0.0))
     gpus: float = field(default=0.0, metadata=_r(0.0))
+    # custom Ray resources each actor asks for, e.g. {"accelerator_type:H100": 0.001}: pins a
+    # role to the node types of a cluster that declare them (ray_cluster.yaml)
+    resources: dict[str, float] = field(default_factory=dict, metadata=_r(0.0))
 
 
 @dataclass

@@ -354,7 +354,7 @@ def train_stage(spec: StageTrainSpec, workers: ActorGroup):
     from ray.train.torch import TorchTrainer
 
     gpus = workers.gpus
-    resources = {"CPU": workers.cpus} | ({"GPU": gpus} if gpus else {})
+    resources = {"CPU": workers.cpus} | ({"GPU": gpus} if gpus else {}) | workers.resources
     trainer = TorchTrainer(
         train_stage_worker,
         train_loop_config=asdict(spec),

@@ -4,52 +4,27 @@ SUCCEEDED; its stage manifest and final checkpoint checked; the head stopped aga
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from one_stage import ONE_STAGE
+from ray_head import free_port, start_head, stop_head
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head():
-    """A head node of its own (its own ports and temp dir: the suite's Ray is untouched);
-    `--block` ties every process of the node to this one, so stopping it stops them all."""
-    port, dashboard = _free_port(), _free_port()
-    # Every port of its own: the suite's Ray already holds the defaults (e.g. the dashboard
-    # agent's 52365), and a second node on them fails to start its job agent.
-    own = [
-        f"--{flag}={_free_port()}"
-        for flag in (
-            "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-            "runtime-env-agent-port", "node-manager-port", "object-manager-port",
-            "ray-client-server-port",
-        )
-    ]  # fmt: skip
-    temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")  # short: Ray's socket paths are capped
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": ""}
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats", *own],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    """A head node of its own (tests/ray_head.py), the job server on."""
+    port, dashboard = free_port(), free_port()
+    head = start_head(
+        port, "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
     )  # fmt: skip
     from ray.job_submission import JobSubmissionClient
 
@@ -63,8 +38,7 @@ def ray_head():
             assert time.monotonic() < deadline, "the head's job server did not come up"
             time.sleep(1)
     yield client
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
+    stop_head(head)
 
 
 @pytest.mark.timeout(900)

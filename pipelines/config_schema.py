@@ -165,6 +165,9 @@ class VerifySection:
     tau_pos: float = field(default=0.10, metadata=_r(-1.0, 1.0))
     tau_neg: float = field(default=0.02, metadata=_r(-1.0, 1.0))
     batch_candidates: int = field(default=8, metadata=_r(1))
+    # the candidates table keeps the texts (anchor, chunk) of candidates with r at or above
+    # min(tau_pos, this): the positives by default; plan --measure lowers it to judge thresholds
+    example_min_r: float = field(default=1.0, metadata=_r(-1.0, 1.0))
 
 
 @dataclass

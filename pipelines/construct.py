@@ -53,7 +53,8 @@ CANDIDATE_SCHEMA = pa.schema(
         ("similarity", pa.float32()),
         ("label", pa.string()),
         ("positions", pa.list_(pa.int32())),
-        # positives only (else ""): what a reader needs to judge the dependency is real
+        # positives only (else ""; verify.example_min_r): what a reader needs to judge the
+        # dependency is real
         ("anchor_text", pa.string()),
         ("chunk_text", pa.string()),
     ]
@@ -165,10 +166,10 @@ def _nextlong_samples(ctx: StageContext, docs: list[dict], counts: StageCounts) 
     return samples
 
 
-def _example_texts(tokenizer, work: DocWork, v: Verdict) -> dict:
-    """For a positive: the document just before its first verified position, the anchor token
-    in [[ ]], and the chunk that lowered the entropy there."""
-    if v.label != "positive" or not v.positions:
+def _example_texts(tokenizer, work: DocWork, v: Verdict, min_r: float) -> dict:
+    """For a positive (or any candidate with r >= min_r): the document just before its first
+    verified position, the anchor token in [[ ]], and the chunk that lowered the entropy there."""
+    if not (v.label == "positive" or v.r >= min_r) or not v.positions:
         return {"anchor_text": "", "chunk_text": ""}
     ids, t = work.doc["input_ids"], min(v.positions)
     before = tokenizer.decode(ids[max(0, t - EXAMPLE_CONTEXT_TOKENS) : t])
@@ -177,6 +178,8 @@ def _example_texts(tokenizer, work: DocWork, v: Verdict) -> dict:
 
 
 def _candidate_rows(ctx: StageContext, work: DocWork) -> list[dict]:
+    verify = ctx.cfg.verify
+    min_r = min(verify.tau_pos, verify.example_min_r)
     return [
         {
             "doc_id": work.doc["doc_id"],
@@ -185,7 +188,7 @@ def _candidate_rows(ctx: StageContext, work: DocWork) -> list[dict]:
             "similarity": v.similarity,
             "label": v.label,
             "positions": v.positions,
-            **_example_texts(ctx.tokenizer, work, v),
+            **_example_texts(ctx.tokenizer, work, v, min_r),
         }
         for v in work.verdicts
     ]

@@ -48,7 +48,9 @@ def measure_config(cfg: Config, n: int) -> Config:
     )  # fmt: skip
     run = dataclasses.replace(cfg.run, name=f"{cfg.run.name}-plan-measure")
     evals = dataclasses.replace(cfg.eval, heldout_gap_samples=0)
-    return dataclasses.replace(cfg, stages=stages, run=run, eval=evals)
+    # the texts of every candidate a threshold of the grid would keep: examples per threshold
+    verify = dataclasses.replace(cfg.verify, example_min_r=min(TAU_POS_GRID))
+    return dataclasses.replace(cfg, stages=stages, run=run, eval=evals, verify=verify)
 
 
 def estimate_seconds(mcfg: Config, model_config: str | None) -> float:
@@ -126,7 +128,7 @@ def yields(mcfg: Config, counts: dict) -> dict:
     tau_pos (a positive is r >= tau_pos, a hard negative r <= tau_neg: actors/verifier.py)."""
     from pipelines.policylong import stage_dir
 
-    cand = _table(stage_dir(mcfg, 0) / "candidates", ["doc_id", "r"])
+    cand = _table(stage_dir(mcfg, 0) / "candidates", ["doc_id", "r", "anchor_text", "chunk_text"])
     r = np.asarray(cand["r"], dtype=np.float64)
     doc_ids = np.asarray(cand["doc_id"], dtype=object)
     docs = max(1, counts["documents"])
@@ -152,7 +154,24 @@ def yields(mcfg: Config, counts: dict) -> dict:
         "tau_neg": v.tau_neg,
         "configured": configured,
         "tau_pos_grid": [at(t) for t in TAU_POS_GRID],
+        "examples": examples(r, cand["anchor_text"], cand["chunk_text"]),
     }
+
+
+def examples(r: np.ndarray, anchors: list[str], chunks: list[str]) -> dict[str, list[dict]]:
+    """Per tau_pos of the grid, what a positive there looks like: the best candidate and the
+    weakest that still passes (the one a user adopting that threshold should judge)."""
+    out = {}
+    order = np.argsort(-r, kind="stable")
+    for tau in TAU_POS_GRID:
+        passing = [int(i) for i in order if r[i] >= tau]
+        picks = sorted({passing[0], passing[-1]}, key=lambda i: -r[i]) if passing else []
+        out[str(tau)] = [
+            {"r": float(r[i]), "anchor": " ".join(anchors[i].split())[-160:],
+             "chunk": " ".join(chunks[i].split())[:200]}
+            for i in picks
+        ]  # fmt: skip
+    return out
 
 
 def corpus_documents(mcfg: Config) -> int:
@@ -273,6 +292,10 @@ def print_measurement(record: dict, out: Path) -> None:
             f"{s['stage']:5d} {need:>17s} {total:>11s} {str(f['corpus_has']):>11s} "
             f"{s['scorer_gpu_h']:9.2f} {s['verifier_gpu_h']:11.2f} {s['trainer_gpu_h']:10.2f}"
         )
+    for tau, picks in y["examples"].items():
+        for e in picks:
+            what = f"...{e['anchor'][-100:]!r} <- {e['chunk'][:100]!r}"
+            print(f"  r {e['r']:.3f} (tau_pos {tau}): {what}")
     print("\n".join(describe(record["plan"]["split"])))
     print(f"corpus: {record['corpus_documents']:,} documents; saved {out}")
     if record["cannot_fill"]:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -68,6 +69,22 @@ def test_measure_matches_a_construct_only_run_and_reprices(
                        .read_text())  # fmt: skip
     assert saved["measured"]["configured"] == c
     assert "candidates per position" in capsys.readouterr().out
+    assert set(y["examples"]) == {str(t) for t in TAU_POS_GRID}
+    for tau, picks in y["examples"].items():  # any candidate passing tau has its texts kept
+        passing = y["tau_pos_grid"][TAU_POS_GRID.index(float(tau))]["positives_per_doc"] > 0
+        assert bool(picks) == passing
+        assert all(e["r"] >= float(tau) and e["anchor"] and e["chunk"] for e in picks)
+
+
+def test_examples_show_the_best_and_the_weakest_candidate_a_threshold_keeps():
+    from pipelines.plan_measure import examples
+
+    r = np.array([0.5, 0.02, 0.12, 0.3, 0.07, 0.3])
+    ex = examples(r, [f"a{i}" for i in range(6)], [f"c{i}" for i in range(6)])
+    assert [e["anchor"] for e in ex["0.1"]] == ["a0", "a2"]  # best, then weakest passing
+    assert [e["anchor"] for e in ex["0.2"]] == ["a0", "a5"]
+    assert [e["anchor"] for e in ex["0.4"]] == ["a0"]  # one passes: shown once
+    assert ex["0.05"][-1]["r"] == pytest.approx(0.07)
 
 
 @pytest.mark.timeout(1200)

@@ -16,7 +16,9 @@ stage needs and whether the corpus has them. Stage 0's document window stands fo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import shutil
 import threading
@@ -102,7 +104,8 @@ def run_measurement(cfg: Config, mcfg: Config, n: int) -> dict:
     os.environ["TQDM_DISABLE"] = "1"  # construction's own bar counts samples: one bar, ours
     bar.start()
     try:
-        run(mcfg)
+        with contextlib.redirect_stdout(io.StringIO()):  # the run's summary is not ours to print
+            run(mcfg)
     finally:
         done.set()
         bar.join()

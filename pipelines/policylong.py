@@ -301,10 +301,10 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
     else:
         counts = construct_only(ctx, seeds, budget)
     if not counts.get("samples"):
+        untrained = f"pi_{k + 1} = pi_{k} untrained; " if cfg.stages.train else ""
         log.warning(
-            "stage %d committed no samples (%s): pi_%d = pi_%d untrained; lower "
-            "verify.tau_pos or raise stages.seed_docs_per_stage",
-            k, counts, k + 1, k,
+            "stage %d committed no samples (%s): %slower verify.tau_pos or raise "
+            "stages.seed_docs_per_stage", k, counts, untrained,
         )  # fmt: skip
     if cfg.eval.heldout_gap_samples:
         construct_heldout(ctx, inputs.heldout_docs, cfg.eval.heldout_gap_samples)

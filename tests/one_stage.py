@@ -20,3 +20,14 @@ COMPARE = [
     "eval.loss_gap_samples=2",
     "eval.heldout_gap_samples=2",
 ]
+
+
+def run_command(cfg, folder) -> list[str]:
+    """`policylong run` as a user starts it (a process of its own), on `cfg` written to
+    folder/config.yaml."""
+    import sys
+
+    import yaml
+
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    return [sys.executable, "-m", "pipelines.cli", "run", "--config", str(folder / "config.yaml")]

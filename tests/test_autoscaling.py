@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from one_stage import COMPARE
+from one_stage import COMPARE, run_command
 from ray_head import NO_AUTH, free_port, start_head, stop_head
 
 pytestmark = pytest.mark.slow
@@ -152,15 +152,7 @@ def test_the_autoscaler_adds_the_nodes_the_roles_need_and_releases_them(
         "stages.method=policylong", f"resources.scorer.resources={asks}",
         f"resources.verifier.resources={asks}", f"resources.trainer.resources={asks}",
     )  # fmt: skip
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "run",
-        "--config",
-        str(tmp_path / "config.yaml"),
-    ]
+    command = run_command(cfg, tmp_path)
     with PeakWatch(gcs) as watch:
         run = subprocess.run(
             command, cwd=REPO, capture_output=True, text=True, timeout=780, env=os.environ | NO_AUTH

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from one_stage import ONE_STAGE
+from one_stage import ONE_STAGE, run_command
 
 import pipelines.construct
 from pipelines.policylong import stage_dir
@@ -121,10 +121,7 @@ def test_a_driver_killed_mid_stage_and_rerun_commits_what_an_undisturbed_run_did
     import os
     import signal
     import subprocess
-    import sys
     import time
-
-    import yaml
 
     from pipelines.compare import method_config
 
@@ -133,15 +130,7 @@ def test_a_driver_killed_mid_stage_and_rerun_commits_what_an_undisturbed_run_did
     address = ray_local.get_runtime_context().gcs_address
     cluster = dataclasses.replace(undisturbed.cluster, address=address)
     cfg = dataclasses.replace(undisturbed, run=run, cluster=cluster)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "run",
-        "--config",
-        str(tmp_path / "config.yaml"),
-    ]
+    command = run_command(cfg, tmp_path)
     repo = Path(__file__).resolve().parents[1]
     samples = stage_dir(cfg, 0) / "samples"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from fault_injection import train_worker_killed_at_step
+from one_stage import run_command
 
 from pipelines.policylong import run_policylong, stage_dir
 
@@ -170,10 +171,8 @@ def test_a_driver_killed_between_stages_and_rerun_continues_where_it_stopped(
     import os
     import signal
     import subprocess
-    import sys
     import time
 
-    import yaml
     from transformers import AutoModelForCausalLM
 
     reference, _ = e2e
@@ -181,15 +180,7 @@ def test_a_driver_killed_between_stages_and_rerun_continues_where_it_stopped(
     address = ray_local.get_runtime_context().gcs_address
     cluster = dataclasses.replace(reference.cluster, address=address)
     cfg = dataclasses.replace(reference, run=run, cluster=cluster)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    command = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "run",
-        "--config",
-        str(tmp_path / "config.yaml"),
-    ]
+    command = run_command(cfg, tmp_path)
     repo = Path(__file__).resolve().parents[1]
     done_0 = stage_dir(cfg, 0) / "stage_manifest.json"
 

@@ -54,15 +54,12 @@ def ensure_corpus(cfg: Config) -> Path:
         input_dir = Path(cfg.corpus.source)
     report = ingest(input_dir, out, cfg.corpus)
     stamp.write_text(json.dumps(want))
+    first = f"; first problem: {report.problems[0]}" if report.problems else ""
     log.info(
-        "corpus: %d documents (%d duplicates, %d too short, %d too long, %d problems) -> %s",
-        report.documents_written,
-        report.duplicates,
-        report.too_short,
-        report.too_long,
-        len(report.problems),
-        out,
-    )
+        "corpus: %d documents (%d duplicates, %d too short, %d too long, %d problems%s) -> %s",
+        report.documents_written, report.duplicates, report.too_short, report.too_long,
+        len(report.problems), first, out,
+    )  # fmt: skip
     return out
 
 

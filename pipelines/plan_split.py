@@ -69,8 +69,9 @@ def best_split(hours: np.ndarray, gpus: float, per_actor: dict[str, float]) -> S
     best, best_key = None, None
     for s in range(top[0] + 1):  # one row of candidates per scorer count: memory O(G)
         v = np.arange(top[1] + 1, dtype=float)
-        left = np.round((gpus - s * g[0] - v * g[1]) / g[2], 9) if need[2] else 0 * v - 1
-        t = np.floor(left) if need[2] else np.zeros_like(v)
+        t = np.zeros_like(v)  # trainers take what is left (none when nothing trains)
+        if need[2]:
+            t = np.floor(np.round((gpus - s * g[0] - v * g[1]) / g[2], 9))
         counts = np.stack([np.full_like(v, s), v, t], axis=1)
         ok = (counts[:, need] >= 1).all(axis=1) & (t >= 0)
         if not ok.any():

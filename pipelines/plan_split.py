@@ -39,9 +39,6 @@ class Split:
     def gpus(self, per_actor: dict[str, float]) -> float:
         return sum(getattr(self, r) * per_actor[r] for r in ROLES)
 
-    def as_keys(self) -> str:
-        return " ".join(f"--set resources.{r}.count={getattr(self, r)}" for r in ROLES)
-
 
 def role_hours(stages: list[dict], screens: bool) -> np.ndarray:
     """GPU-hours per stage and role, shape (stages, 3); a method that does not screen has none."""

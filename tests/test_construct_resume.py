@@ -28,9 +28,6 @@ def stage_ctx(load_test_profile, tiny_world, ray_local):
         "run.name=resume",
         "screen.batch_docs=3",
         "stages.batches_in_flight=2",
-        # The test base barely uses context (see the issue notes): low thresholds give data.
-        "verify.tau_pos=0.005",
-        "verify.tau_neg=0.0",
     )
     tok = load_tokenizer(tiny_world.model_dir)
     index = build_index(

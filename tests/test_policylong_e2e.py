@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fault_injection import train_worker_killed_at_step
+from fault_injection import construction_held_until_trained, train_worker_killed_at_step
 from one_stage import run_command
 
 from pipelines.policylong import run_policylong, stage_dir
@@ -25,8 +25,6 @@ E2E_OVERRIDES = [
     "stages.rope_thetas=[20000.0, 80000.0]",
     "stages.tokens_per_stage=12288",  # 24 samples at 512, 12 at 1024
     "stages.seed_docs_per_stage=96",
-    "verify.tau_pos=0.005",
-    "verify.tau_neg=0.0",
     "screen.batch_docs=4",
     "resources.trainer.count=2",
     "train.checkpoint_every=2",
@@ -35,13 +33,20 @@ E2E_OVERRIDES = [
 
 # Stage 1 trains ~6 steps (about 12 samples verified), a checkpoint every 2. (Stage 0 stays
 # undisturbed: a restart rewrites the ledger's times, and stage 0 shows the streaming overlap.)
-KILL_STAGE, KILL_AT_STEP = 1, 3
+# Rank 0 is the one that logs, writes the checkpoint and reports to Ray Train (tests/
+# test_train_fsdp2.py kills rank 1).
+KILL_STAGE, KILL_AT_STEP, KILL_RANK = 1, 3, 0
 
 
 @pytest.fixture(scope="module")
 def e2e(load_test_profile, tiny_world, ray_local):
     cfg = load_test_profile(*E2E_OVERRIDES)
-    with train_worker_killed_at_step(stage_dir(cfg, KILL_STAGE) / "train", KILL_AT_STEP) as killed:
+    train = stage_dir(cfg, KILL_STAGE) / "train"
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        construction_held_until_trained(mp, stage_dir(cfg, 0) / "train", 0),
+        train_worker_killed_at_step(train, KILL_AT_STEP, KILL_RANK) as killed,
+    ):
         result = run_policylong(cfg)
     return cfg, result | {"killed_train_worker": killed}
 
@@ -76,7 +81,7 @@ def test_a_killed_train_worker_is_replaced_and_resumes_from_the_checkpoint(e2e):
     cfg, result = e2e
     [killed] = result["killed_train_worker"]  # the kill happened mid-stage
     train = stage_dir(cfg, KILL_STAGE) / "train"
-    assert int((train / "rank1.pid").read_text()) != killed  # a new process took rank 1
+    assert int((train / f"rank{KILL_RANK}.pid").read_text()) != killed  # a new process took it
     steps = [json.loads(x)["step"] for x in (train / "train_log.jsonl").read_text().splitlines()]
     manifest = stage_dir(cfg, KILL_STAGE) / "samples" / "manifest.json"
     samples = json.loads(manifest.read_text())["samples"]
@@ -85,7 +90,9 @@ def test_a_killed_train_worker_is_replaced_and_resumes_from_the_checkpoint(e2e):
 
 
 def test_training_consumed_samples_before_construction_finished(e2e):
-    cfg, _ = e2e  # stage 0 is not disturbed: its ledger keeps the first steps' times
+    # stage 0 is not disturbed (its ledger keeps the first steps' times), only slowed: its
+    # construction waits for a first trained step (construction_held_until_trained)
+    cfg, _ = e2e
     finished = json.loads((stage_dir(cfg, 0) / "samples" / "manifest.json").read_text())
     first_trained = min(r["t"] for r in _ledger(cfg, 0))
     assert first_trained < finished["finished_at"]
@@ -180,6 +187,8 @@ def test_a_driver_killed_between_stages_and_rerun_continues_where_it_stopped(
     address = ray_local.get_runtime_context().gcs_address
     cluster = dataclasses.replace(reference.cluster, address=address)
     cfg = dataclasses.replace(reference, run=run, cluster=cluster)
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "corpus").symlink_to(reference.run_dir / "corpus")  # no second ingest
     command = run_command(cfg, tmp_path)
     repo = Path(__file__).resolve().parents[1]
     done_0 = stage_dir(cfg, 0) / "stage_manifest.json"

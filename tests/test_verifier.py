@@ -2,10 +2,13 @@
 unrelated chunk is a hard negative, and a chunk holding the continuation of a rare sequence is a
 positive at the paper's thresholds — for a policy that copies from context.
 
-The embedded tiny base does not copy (no induction heads within its pretraining budget), so the
-copy case uses a second real policy trained here for exactly that: a 2-layer Qwen2 taught to
-continue repeated random spans (tests/copying_policy.py; its training stops only once it both
-copies and ignores unrelated context, measured on held-out cases of the kind tested here)."""
+The test world's pi_0 (the shipped base) copies, but not cleanly enough for a label-by-label proof:
+on these cases (mapped onto its 512 most frequent tokens) its r of the continuation chunk is 0.26 at
+the 10th percentile and |r| of an unrelated chunk 0.029 at the 90th, above tau_neg (measured
+2026-12-05). So the copy case uses a second real policy trained here for exactly that: a 2-layer
+Qwen2 taught to continue repeated random spans (tests/copying_policy.py; its training stops only
+once it both copies and ignores unrelated context, measured on held-out cases of the kind tested
+here)."""
 
 from __future__ import annotations
 

@@ -2,13 +2,16 @@
 stage 0 trains pi_1 (RoPE base raised 2e4 -> 8e4 for stage 1), the broadcast pushes it into the
 running vLLM engine through vLLM's weight-transfer API (gloo on CPU) without a restart, the HF
 verifier gets it over the plain collective, and stage 1's logged screening entropies are HF
-pi_1's."""
+pi_1's. The vLLM scorer is killed in stage 1, before its second batch (issue 32 item 6): Ray
+restarts it with its first constructor arguments (pi_0), and it must come back holding pi_1, so
+every document of stage 1, those screened after the restart included, carries pi_1's entropies."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fault_injection import scorer_killed_mid_stage
 
 from pipelines.policylong import run_policylong, stage_dir
 
@@ -19,10 +22,8 @@ OVERRIDES = [
     "stages.method=policylong",
     "stages.seq_lens=[512, 1024]",
     "stages.rope_thetas=[20000.0, 80000.0]",
-    "stages.tokens_per_stage=2048",  # 4 samples at 512, 2 at 1024
+    "stages.tokens_per_stage=4096",  # 8 samples at 512, 4 at 1024: stage 1 screens after the kill
     "stages.seed_docs_per_stage=24",
-    "verify.tau_pos=0.005",
-    "verify.tau_neg=0.0",
     "screen.batch_docs=4",
     "screen.backend=vllm",
     "stages.weight_transport=collective",
@@ -36,7 +37,9 @@ OVERRIDES = [
 @pytest.fixture(scope="module")
 def run(load_test_profile, tiny_world, ray_local):
     cfg = load_test_profile(*OVERRIDES)
-    return cfg, run_policylong(cfg)
+    with pytest.MonkeyPatch.context() as mp, scorer_killed_mid_stage(mp, 1) as killed:
+        result = run_policylong(cfg)
+    return cfg, result | {"killed_scorer": killed}
 
 
 def _hf_entropies(model_dir, ids: list[int]) -> np.ndarray:
@@ -64,12 +67,12 @@ def test_stage_one_screens_with_hf_pi1_entropies(run, tiny_world):
     from pipelines.screen import tokenize_docs
     from pipelines.tokenizer import load_tokenizer
 
-    cfg, _ = run
+    cfg, result = run
     pi0, pi1 = tiny_world.model_dir, stage_dir(cfg, 0) / "model"
     docs = read_docs(tiny_world.corpus_dir, "train")
     tokens = tokenize_docs(load_tokenizer(pi0), docs, cfg.screen.max_doc_tokens)
     ids = {d["doc_id"]: d["input_ids"] for d in tokens}
-    screened = pq.read_table(stage_dir(cfg, 1) / "screen").to_pylist()[:4]
+    screened = pq.read_table(stage_dir(cfg, 1) / "screen").to_pylist()
     assert screened
     gaps = []
     for row in screened:
@@ -78,3 +81,14 @@ def test_stage_one_screens_with_hf_pi1_entropies(run, tiny_world):
         assert np.abs(logged - _hf_entropies(pi1, doc)[1:]).max() <= 1e-4, row["doc_id"]
         gaps.append(np.abs(logged - _hf_entropies(pi0, doc)[1:]).mean())
     assert min(gaps) > 0.05, gaps  # pi_0's entropies are far from what stage 1 used
+
+
+@pytest.mark.timeout(2400)
+def test_a_vllm_scorer_killed_mid_stage_comes_back_with_pi1(run):
+    """The kill happened in stage 1 and the restarted engine screened committed documents (their
+    entropies are checked against HF pi_1 above, every one of them)."""
+    cfg, result = run
+    killed = result["killed_scorer"]
+    assert killed["killed_pid"], "the scorer was never killed: stage 1 screened one batch only"
+    committed = {r["doc_id"] for r in pq.read_table(stage_dir(cfg, 1) / "screen").to_pylist()}
+    assert committed & set(killed["docs_after"]), (sorted(committed), killed)

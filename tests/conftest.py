@@ -73,7 +73,7 @@ def smollm2_dir():
 # The test world's pi_0 must copy at the distances its samples span (stage 0: 512 tokens), or
 # verification at tau_pos 0.1 finds nothing and every pipeline test runs on an empty stage. The
 # shipped base measures 3.89 +- 0.15 nats/token at D = 256 (12 held-out samples; base_metrics.json);
-# a base that does not copy measures ~0 (the old text-only test base: 0.03 at D = 4096).
+# a base that does not copy measures ~0 (README: the recipe with text first, -0.01).
 BASE_COPY_GAIN_MIN = 2.0
 
 

@@ -149,7 +149,7 @@ CONFIG_CASES = {
     "negative size": (["--set", "index.top_k=-3"], ["'index.top_k' = -3 is out of range"]),
     "a stage seq_len below the base context": (
         ["--set", "stages.seq_lens=[128, 1024]"],
-        ["'stages.seq_lens' = [128, 1024]", "pretrain.seq_len = 256"],
+        ["'stages.seq_lens' = [128, 1024]", "pretrain.seq_len = 512"],
     ),
     "seq_lens and rope_thetas of different lengths": (
         ["--set", "stages.rope_thetas=[20000.0]"],

@@ -18,6 +18,7 @@ SMALL = [
     "model.num_heads=1",
     "model.num_kv_heads=1",
     "model.intermediate_size=128",
+    "pretrain.seq_len=256",
     "pretrain.max_tokens=4096",  # 2 text steps of 8 x 256
     "pretrain.eval_tokens=2048",
     "pretrain.warmup_steps=1",

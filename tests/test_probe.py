@@ -148,9 +148,9 @@ def test_cli_distance_beyond_the_model_is_one_line_and_exit_2(tiny_world, test_c
 
 
 def test_report_probes_pi0_and_each_stage_checkpoint(tiny_world, test_config, tmp_path):
-    """A run dir whose one stage (trained at 280 tokens) saved pi_0 unchanged as its checkpoint:
-    the report finds pi_0 through the saved config, probes both at D = 128, 256 (<= 280 - 24)
-    and marks pi_0's D=256 as beyond its pretraining context (256)."""
+    """A run dir whose one stage (trained at 800 tokens) saved pi_0 unchanged as its checkpoint:
+    the report finds pi_0 through the saved config, probes both at D = 128, 256, 768 (<= 800 - 24)
+    and marks pi_0's D=768 as beyond its pretraining context (512)."""
     import shutil
 
     from pipelines.config import config_to_yaml
@@ -161,14 +161,14 @@ def test_report_probes_pi0_and_each_stage_checkpoint(tiny_world, test_config, tm
     stage.mkdir(parents=True)
     (run_dir / "corpus").symlink_to(tiny_world.corpus_dir.resolve())
     (run_dir / "config.yaml").write_text(config_to_yaml(test_config))
-    (stage / "stage_manifest.json").write_text(json.dumps({"stage": 0, "seq_len": 280}))
+    (stage / "stage_manifest.json").write_text(json.dumps({"stage": 0, "seq_len": 800}))
     shutil.copytree(tiny_world.model_dir, stage / "model")
     text = write_report(run_dir).read_text()
     probe = json.loads((run_dir / "probe.json").read_text())["models"]
     assert [m["name"] for m in probe] == ["pi_0", "stage_0 (pi_1)"]
-    assert [m["distances"] for m in probe] == [[128, 256], [128, 256]]
+    assert [m["distances"] for m in probe] == [[128, 256, 768], [128, 256, 768]]
     assert probe[0]["gain"] == probe[1]["gain"]  # same weights, same inputs
     assert probe[0]["heldout_ppl"] == pytest.approx(tiny_world.metrics["heldout_ppl"], rel=1e-3)
     row = next(x for x in text.splitlines() if x.startswith("| pi_0 |"))
-    assert row.endswith("* |") and "| 256 |" in row
+    assert row.endswith("* |") and "| 512 |" in row and "*" not in row.split("|")[-3]
     assert "## Long-copy probe" in text and (run_dir / "probe.png").stat().st_size > 1000

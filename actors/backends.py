@@ -7,7 +7,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from pipelines.config import ScreenSection
+from pipelines.core.config import ScreenSection
 
 
 class PolicyBackend(Protocol):

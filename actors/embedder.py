@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from pipelines.errors import UserError
+from pipelines.core.errors import UserError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _PACKAGED_NAMES = {DEFAULT_EMBEDDER, "sentence-transformers/" + DEFAULT_EMBEDDER}

@@ -1,7 +1,7 @@
 """Scoring backend on transformers: the model body gives final hidden states; lm_head is separate.
 
 The body (`model.model`) is run without the lm_head, so no T x V logits are ever built; the
-entropy math applies the lm_head weight in chunks (pipelines/entropy.py). Sequences run one by
+entropy math applies the lm_head weight in chunks (pipelines/core/entropy.py). Sequences run one by
 one: on CPU batching gains little, and unpadded inputs are exact with no masking subtleties.
 """
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from actors.backends import make_backend, omp_bind_for
-from pipelines.config import Config, ScreenSection
-from pipelines.entropy import entropies_at, token_entropies
+from pipelines.core.config import Config, ScreenSection
+from pipelines.core.entropy import entropies_at, token_entropies
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from pipelines.errors import UserError
+from pipelines.core.errors import UserError
 
 Result = tuple[str, str, float]  # (chunk_id, doc_id, score)
 RERANK_QUERY_BLOCK = 64  # queries re-ranked at once: bounds the gathered (q, k', dim) block
@@ -87,8 +87,7 @@ class ShardIndex:
     ):
         import faiss
 
-        from pipelines.chunking import read_chunk_table
-        from pipelines.index_format import read_manifest, rebuild_hint
+        from pipelines.core.index_format import read_chunk_table, read_manifest, rebuild_hint
 
         index_dir = Path(index_dir)
         meta = read_manifest(index_dir)["shards"][shard]

@@ -5,7 +5,7 @@ come from actors/policy_holder.py.
 
     scorers = create_scorers(cfg, model_dir)          # resources.scorer.count actors
     [scored] = ray.get(scorers[0].score.remote([{"doc_id": "a", "input_ids": [...]}]))
-    # positions and queries from the entropies: pipelines/screen.py (screen_batch)
+    # positions and queries from the entropies: pipelines/steps/screen.py (screen_batch)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from actors.policy_holder import PolicyHolder, PolicySpec
-from pipelines.config import Config
+from pipelines.core.config import Config
 
 
 class EntropyScorer(PolicyHolder):

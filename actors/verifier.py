@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from actors.policy_holder import PolicyHolder, PolicySpec
-from pipelines.config import Config, VerifySection
-from pipelines.records import Candidate, ScreenedDoc, Verdict
+from pipelines.core.config import Config, VerifySection
+from pipelines.core.records import Candidate, ScreenedDoc, Verdict
 
 
 def label_of(r: float, tau_pos: float, tau_neg: float) -> str:

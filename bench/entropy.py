@@ -153,7 +153,7 @@ def _mem_peak_mb(args: argparse.Namespace, mode: str, t: int) -> float:
     """Peak extra memory of the entropy of t random rows: chunked (the project's) or naive."""
     import torch
 
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     dev, dtype = args.device, getattr(torch, args.dtype)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -282,7 +282,7 @@ def _rate(flops: float, seconds: float | None, args) -> float | None:
 
 def _tile_sweep(h, w, args, head_flops: float) -> dict:
     """lm_head entropy time per vocabulary tile (rows per block: --chunk)."""
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     out, n = {}, args.speed_tokens
     for tile in [int(x) for x in args.tile_sweep.split(",") if x]:
@@ -315,7 +315,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def _speed(args) -> dict:
     import torch
 
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -359,7 +359,7 @@ def _speed(args) -> dict:
     }
     body_flops, head_flops = _flops(cfg, n)
     if _is_cuda(args):
-        from pipelines import entropy
+        from pipelines.core import entropy
 
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
         result |= {
@@ -400,7 +400,7 @@ def _parity(args) -> dict:
 
     from actors.hf_backend import HFBackend
     from actors.vllm_backend import VLLMBackend
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     model_dir = args.model_dir or _default_model_dir()
     hf = HFBackend(model_dir)

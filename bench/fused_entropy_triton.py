@@ -1,11 +1,12 @@
 """A fused linear-entropy Triton kernel: exact full-vocabulary entropy of softmax(h @ W.T) per
-row, the logits never leaving the chip (a candidate for pipelines/entropy.py's GPU path, issue 30
+row, the logits never leaving the chip (a candidate for pipelines/core/entropy.py's GPU path, issue
+30
 item 3; bench/gpu_issue30.py times it against a bare bf16 matmul and checks it against float64).
 
 Each program owns BLOCK_M rows and walks the whole vocabulary in BLOCK_N tiles. A tile's logits
 are a tensor-core GEMM over K in BLOCK_K steps (bf16 inputs, float32 accumulation: every bf16
-product is exact in float32, so the logits are the float32 ones, as pipelines/entropy.py's TF32
-tiles), then folded into the same online softmax-entropy as pipelines/entropy.py: m = running
+product is exact in float32, so the logits are the float32 ones, as pipelines/core/entropy.py's TF32
+tiles), then folded into the same online softmax-entropy as pipelines/core/entropy.py: m = running
 max, s = sum e^(z-m), u = sum e^(z-m)(z-m); H = log s - u/s. Only [BLOCK_M] statistics persist.
 
 Untimed so far (no GPU in the session that wrote it); on CPU it runs in Triton's interpreter

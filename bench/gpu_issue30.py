@@ -11,7 +11,7 @@ so that every code path runs without a GPU (the suite's smoke test).
 
 fused      h [T, 2048] and the lm_head [151936, 2048] in bf16: a bare bf16 matmul writing the
            logits (the speed goal's reference: >= 0.8x it), and the exact entropy by
-           (a) pipelines/entropy.py (TF32 logits tiles + compiled online update), (b) the same
+           (a) pipelines/core/entropy.py (TF32 logits tiles + compiled online update), (b) the same
                online update on bf16 GEMMs with float32 output (torch.mm out_dtype, when this
                torch has it: bf16 products are exact in fp32, so as exact as (a) at bf16 speed),
            (c) our fused Triton kernel (bench/fused_entropy_triton.py: GEMM tiles and the
@@ -20,7 +20,8 @@ fused      h [T, 2048] and the lm_head [151936, 2048] in bf16: a bare bf16 matmu
                CuTe kernel on H100/H200), when importable (LIGER_DIR may name an unpacked
                wheel): its entropy is returned in bf16, so it is expected to miss 1e-5;
            each with its max error vs a float64 reference on the first 1024 rows (goal 1e-5).
-fsdp2      pipelines/train_strategy.py's FSDP2Strategy wraps pipelines/train.py's BlockedCausalLM
+fsdp2      pipelines/steps/train_strategy.py's FSDP2Strategy wraps pipelines/steps/train.py's
+BlockedCausalLM
            (block train.logit_block_tokens = 2048) at world size 1: one warm-up and one timed
            step at T tokens: tokens/s, MFU (989 TFLOP/s), peak memory beside the README's
            per-GPU estimate recomputed for world size 1 and for its 32 GPUs.
@@ -110,10 +111,10 @@ def _reference(h, w, rows: int):
 
 
 def _out_fp32_entropy(h, w, chunk: int, tile: int):
-    """pipelines/entropy.py's online update on bf16 GEMMs that write float32 (no TF32)."""
+    """pipelines/core/entropy.py's online update on bf16 GEMMs that write float32 (no TF32)."""
     import torch
 
-    from pipelines.entropy import _online_update
+    from pipelines.core.entropy import _online_update
 
     out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
     for r0 in range(0, h.shape[0], chunk):
@@ -187,7 +188,7 @@ def _variant(name: str, fn, ref, device: str, t_mm: float) -> dict:
 def fused_part(tokens: int) -> dict:
     import torch
 
-    from pipelines.entropy import entropies_of_rows
+    from pipelines.core.entropy import entropies_of_rows
 
     device, dtype = _device()
     shape = _shape()
@@ -231,7 +232,8 @@ def fused_part(tokens: int) -> dict:
     return result
 
 
-# ---- fsdp2: one step through pipelines/train_strategy.py -------------------------------------
+# ---- fsdp2: one step through pipelines/steps/train_strategy.py
+# -------------------------------------
 
 
 def readme_estimate_gb(tokens: int, world: int, params: float = 3.09e9) -> float:
@@ -247,8 +249,8 @@ def fsdp2_part(tokens: int) -> dict:
     import transformers
 
     from bench.gpu_smoke import _init_process_group, _train_flops, _train_steps
-    from pipelines.train import BlockedCausalLM
-    from pipelines.train_strategy import FSDP2Strategy
+    from pipelines.steps.train import BlockedCausalLM
+    from pipelines.steps.train_strategy import FSDP2Strategy
 
     device, _ = _device()
     tokens = 512 if TINY else tokens
@@ -277,7 +279,7 @@ def fsdp2_part(tokens: int) -> dict:
         result["mfu"] = float(f"{_train_flops(cfg, tokens) / seconds / PEAK_TFLOPS / 1e12:.4g}")
         result |= {"step_s": round(seconds, 2), "losses": [round(x, 4) for x in losses]}
         result |= {"loss_finite": all(math.isfinite(x) for x in losses), "params": params}
-        result["strategy"] = "pipelines.train_strategy.FSDP2Strategy (world size 1)"
+        result["strategy"] = "pipelines.steps.train_strategy.FSDP2Strategy (world size 1)"
         if device == "cuda":
             result["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 1)
         result["readme_estimate_gb_world1"] = readme_estimate_gb(tokens, 1, params)

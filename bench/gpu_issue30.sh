@@ -4,7 +4,7 @@
 # shape (hidden 2048, 36 layers, 16 heads, 2 kv heads, MLP 11008, vocab 151936) in bf16,
 # <= 8 minutes; needs python3 with torch, transformers, pyyaml, pyarrow (no Ray, no vLLM).
 # Parts, each under `timeout` (a failed part reports its error, the others still run):
-#   entropy_32k, entropy_128k  bench/entropy.py: the exact entropy path (pipelines/entropy.py,
+#   entropy_32k, entropy_128k  bench/entropy.py: the exact entropy path (pipelines/core/entropy.py,
 #                              TF32 logits tiles) vs a bf16 forward producing logits; its
 #                              lm_head part vs a bare matmul; MFU. Goals: whole path >= 0.9x the
 #                              forward, lm_head part >= 0.8x the bare matmul.
@@ -14,7 +14,7 @@
 #                              entropy if importable) vs a bare bf16 matmul, max error vs
 #                              float64 (goal <= 1e-5).
 #   fsdp2_32k/64k/128k         bench/gpu_issue30.py fsdp2: one FSDP2 step through
-#                              pipelines/train_strategy.py at world size 1: tokens/s, MFU, peak
+#                              pipelines/steps/train_strategy.py at world size 1: tokens/s, MFU, peak
 #                              memory beside the README's estimate.
 #   transfer                   bench/gpu_transfer_standin.py: the weight-transfer buckets between
 #                              two processes (NCCL; one GPU: CUDA IPC) vs a device-to-device copy.

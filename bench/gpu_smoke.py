@@ -12,7 +12,7 @@ fsdp2 (part c): a random-init Qwen2.5-0.5B-shaped model (hidden 896, 24 layers, 
 heads, MLP 4864, vocab 151936) trained for a few steps at 8K tokens on one GPU the way a stage
 trains: a world-size-1 process group (nccl; gloo on CPU), `fully_shard` per decoder layer and the
 root, MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32), activation checkpointing
-per layer, AdamW, gradient clipping, the blocked loss of pipelines/train.py. Reports tokens/s
+per layer, AdamW, gradient clipping, the blocked loss of pipelines/steps/train.py. Reports tokens/s
 after one warm-up step, peak memory, MFU, the losses (finite?) and whether a full state dict can
 be gathered (get_model_state_dict with full_state_dict=True, cpu_offload=True). --shape smollm2
 trains a SmolLM2-135M-shaped Llama instead (hidden 576, 30 layers, 9 heads, 3 kv heads, MLP 1536,
@@ -21,7 +21,8 @@ vocab 49152, tied embeddings); --tokens/--steps set the sequence length and the 
 The vLLM parts (b: vLLM-on-CUDA scorer parity with HF; d: NCCL broadcast into a vLLM engine) are
 reported as skipped when vLLM is not installed: the device image has no vLLM and its wheel is too
 big to carry there. Only torch, transformers and the standard library are imported (no Ray, no
-vLLM, no faiss): pipelines/train.py pulls in pipelines.config (pyyaml) and pipelines.sample_log
+vLLM, no faiss): pipelines/steps/train.py pulls in pipelines.core.config (pyyaml) and
+pipelines.core.sample_log
 (pyarrow), both on the image; if that import fails the plain HF loss is used and said so.
 
 GPU_SMOKE_TINY=1 shrinks everything (hidden 64, 2 layers, vocab 1024, 512 tokens, float32, CPU,
@@ -91,13 +92,13 @@ def _train_flops(cfg, t: int) -> float:
 
 
 def _loss_module(policy):
-    """The blocked loss of pipelines/train.py, or plain HF loss if it cannot be imported."""
+    """The blocked loss of pipelines/steps/train.py, or plain HF loss if it cannot be imported."""
     import torch
 
     try:
-        from pipelines.train import BlockedCausalLM
+        from pipelines.steps.train import BlockedCausalLM
     except Exception as e:  # a missing package, or the repo mid-edit: say so, go on
-        _progress(f"pipelines.train not importable ({e}); plain HF loss")
+        _progress(f"pipelines.steps.train not importable ({e}); plain HF loss")
 
         class PlainLoss(torch.nn.Module):
             def __init__(self, model):
@@ -108,7 +109,7 @@ def _loss_module(policy):
                 return self.model(input_ids=input_ids, labels=input_ids).loss
 
         return PlainLoss(policy), "transformers (labels=input_ids)"
-    return BlockedCausalLM(policy, 2048), "pipelines.train.BlockedCausalLM (block 2048)"
+    return BlockedCausalLM(policy, 2048), "pipelines.steps.train.BlockedCausalLM (block 2048)"
 
 
 def _init_process_group(backend: str) -> None:
@@ -283,7 +284,7 @@ def combine(parts: Path, out: str) -> dict:
     result = _device_info()
     short, long = (_read_part(parts, name) for name in ("entropy_32k", "entropy_128k"))
     result["entropy"] = {
-        "kernel": "pipelines.entropy.token_entropies (its lm_head matmuls run in float32)",
+        "kernel": "pipelines.core.entropy.token_entropies (its lm_head matmuls run in float32)",
         "mfu_peak_tflops": f"{PEAK_TFLOPS:g} (H100/H200 dense bf16)",
         str(short.get("speed_tokens", "entropy_32k")): short,
         str(long.get("speed_tokens", "entropy_128k")): long,
@@ -298,7 +299,7 @@ def combine(parts: Path, out: str) -> dict:
 
 # The SmolLM2-135M experiment (8K -> 16K -> 32K) that combine-smollm2 prices. Assumptions, not
 # measurements: the token budget per stage, and the screening yields of `policylong plan`
-# (pipelines/plan.py Assumptions, measured on the embedded default's runs).
+# (pipelines/driver/plan.py Assumptions, measured on the embedded default's runs).
 SMOLLM2_STAGES = (16384, 32768)
 SMOLLM2_TOKENS_PER_STAGE = 50_000_000
 SAMPLES_PER_DOC, POSITIONS_PER_DOC, CANDIDATES_PER_POSITION = 0.31, 3.6, 3.9
@@ -355,7 +356,9 @@ def smollm2_estimate(entropy: dict, train: dict) -> dict:
 def combine_smollm2(parts: Path, out: str) -> dict:
     """ONE JSON object from bench/gpu_smollm2.sh's parts, also written to $OUT/gpu_smollm2.json."""
     result = _device_info() | {"model": "SmolLM2-135M shape, random init (LlamaForCausalLM)"}
-    entropy = {"kernel": "pipelines.entropy.token_entropies (its lm_head matmuls run in float32)"}
+    entropy = {
+        "kernel": "pipelines.core.entropy.token_entropies (its lm_head matmuls run in float32)"
+    }
     train = {"how": "bench/gpu_smoke.py fsdp2 --shape smollm2 (world size 1, bf16, checkpointing)"}
     for seq_len in SMOLLM2_STAGES:
         entropy[str(seq_len)] = _read_part(parts, f"entropy_{seq_len // 1024}k")

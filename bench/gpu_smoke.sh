@@ -5,7 +5,7 @@
 # torch, transformers, pyyaml, pyarrow (no Ray, no vLLM, no faiss). Parts, each under `timeout`:
 #   entropy_32k   bench/entropy.py on a Qwen2.5-3B-shaped body (hidden 2048, 36 layers, 16 heads,
 #                 2 kv heads, MLP 11008, vocab 151936) in bf16 at 32K tokens: tokens/s of the
-#                 exact entropy path (pipelines/entropy.py) vs a forward producing logits, peak
+#                 exact entropy path (pipelines/core/entropy.py) vs a forward producing logits, peak
 #                 memory, MFU (over 989 TFLOP/s), lm_head entropy vs naive full-logits entropy,
 #                 lm_head-only peak memory at 32K and 128K, and the lm_head_vocab_tile sweep.
 #   entropy_128k  the same speed measurement at 128K tokens (one timed run, no warm-up run:

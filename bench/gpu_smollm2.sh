@@ -7,7 +7,7 @@
 # bf16, <= 6 minutes; needs python3 with torch, transformers, pyyaml, pyarrow (no Ray, no vLLM,
 # no faiss). Parts, each under `timeout`; a failed part reports its error, the others still run:
 #   entropy_16k, entropy_32k   bench/entropy.py --arch llama: tokens/s and peak memory of the
-#                              exact per-token entropy path (pipelines/entropy.py) vs a forward
+#                              exact per-token entropy path (pipelines/core/entropy.py) vs a forward
 #                              producing logits, MFU; at 32K also the lm_head_vocab_tile sweep.
 #   fsdp2_16k, fsdp2_32k       bench/gpu_smoke.py fsdp2 --shape smollm2: FSDP2 training steps at
 #                              batch 1 (world size 1, bf16 MixedPrecisionPolicy, fp32 reduce,

@@ -47,8 +47,8 @@ def timed(fn, *args):
 
 def query_windows(cfg, corpus_dir: Path, tokenizer_dir: Path, n: int, seed: int) -> list[str]:
     """Decoded windows of held-out documents, the size of a screen's retrieval query."""
-    from pipelines.ingest import read_docs
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer_dir)
     texts = read_docs(corpus_dir, "heldout")["text"].to_pylist()
@@ -89,7 +89,7 @@ def embed_variants(texts: list[str], cfg, slice_size: int = 256) -> tuple[dict, 
     import torch
 
     from actors.embedder import SentenceEncoder, embedder_threads, resolve_dtype
-    from pipelines.build_index import build_cpus
+    from pipelines.world.build_index import build_cpus
 
     share = cfg.resources.embedder.cpus
     node = build_cpus(share)
@@ -142,10 +142,10 @@ def main() -> None:
     import torch
 
     from cluster.runtime import init_ray
-    from pipelines.build_index import _write_index, build_index, index_docs
-    from pipelines.chunking import chunk_corpus
-    from pipelines.config import load_config
-    from pipelines.world import ensure_corpus, ensure_world
+    from pipelines.core.config import load_config
+    from pipelines.world.build_index import _write_index, build_index, index_docs
+    from pipelines.world.chunking import chunk_corpus
+    from pipelines.world.world import ensure_corpus, ensure_world
 
     cfg = load_config(args.config, args.overrides)
     load_start = round(os.getloadavg()[0], 2)

@@ -2,7 +2,8 @@
 
 Runs several recipes (sequences of phases built from pipelines/base_model's pieces) on the tiny
 profile's model and corpus, and every `--eval-every` steps records the long-copy gain at D = 256
-(pipelines/probe.py) and the held-out perplexity. Steps, not seconds, are what carries over from
+(pipelines/eval/probe.py) and the held-out perplexity. Steps, not seconds, are what carries over
+from
 a GPU to the 2-core CPU build: `--step-cost` times one step of each kind on this machine.
 
     python bench/pi0_sweep.py --prepare-data .gpudata/tiny.pt      # here: tokenize the corpus
@@ -30,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import base_model  # noqa: E402
-from pipelines.config import ModelSection, load_config  # noqa: E402
-from pipelines.long_copy import long_copy_gain  # noqa: E402
+from pipelines.core.config import ModelSection, load_config  # noqa: E402
+from pipelines.core.long_copy import long_copy_gain  # noqa: E402
+from pipelines.world import base_model  # noqa: E402
 
 # name -> phases: (kind, steps, lr). Kinds: induction (short random-token rows, a span recurs
 # at a random distance), distance (the same at seq_len), text (corpus rows, repeated spans in
@@ -87,9 +88,9 @@ def smoke_data(seq_len: int, vocab: int = 512) -> dict:
 
 
 def prepare_data(out: Path) -> None:
-    from pipelines.ingest import read_docs
-    from pipelines.tokenizer import train_tokenizer
-    from pipelines.world import ensure_corpus
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import train_tokenizer
+    from pipelines.world.world import ensure_corpus
 
     cfg = load_config("configs/tiny.yaml")
     corpus = ensure_corpus(cfg)

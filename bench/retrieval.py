@@ -1,7 +1,8 @@
 """Retrieval benchmark: IVF-Flat, IVF-PQ, OPQ+IVF-PQ and both PQ indexes with exact re-ranking
 against exact flat search on one shard, side by side.
 
-Builds the indexes with the code the pipeline uses (pipelines.build_index.make_faiss_index; the
+Builds the indexes with the code the pipeline uses (pipelines.world.build_index.make_faiss_index;
+the
 re-rank is actors.retrieval_shard.Reranked, what a shard runs with index.rerank_factor) over
 random unit vectors shaped like sentence embeddings (see EmbeddingLikeVectors) or over real
 embeddings (--index-dir: the vectors of a built index's flat shards, queries held out of them),
@@ -35,8 +36,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actors.retrieval_shard import Reranked, set_nprobe  # noqa: E402
-from pipelines.build_index import make_faiss_index  # noqa: E402
-from pipelines.config import IndexSection  # noqa: E402
+from pipelines.core.config import IndexSection  # noqa: E402
+from pipelines.world.build_index import make_faiss_index  # noqa: E402
 
 # --smoke (what the test suite runs, so that a refactor cannot break the bench unseen): every
 # variant on 2,000 small vectors in seconds; explicit options still win. It measures nothing.
@@ -95,7 +96,7 @@ def real_vectors(source: Path, n_queries: int, seed: int) -> tuple[np.ndarray, n
     queries (not in the base)."""
     import faiss
 
-    from pipelines.index_format import read_manifest
+    from pipelines.core.index_format import read_manifest
 
     parts = []
     shards = [] if source.suffix == ".npy" else read_manifest(source)["shards"]

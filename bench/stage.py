@@ -32,8 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def bench_stage(config: str, out_dir: str, smoke: bool = False) -> dict:
-    from pipelines.config import load_config
-    from pipelines.policylong import run_policylong, stage_dir
+    from pipelines.core.config import load_config
+    from pipelines.driver.stage_driver import run_policylong, stage_dir
 
     tokens, seed_docs = (2048, 16) if smoke else (16384, 160)
     cfg = load_config(
@@ -74,10 +74,10 @@ def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str, rounds:
     from actors.scorer import EntropyScorer, scorer_spec
     from cluster.transport_checkpoint_dir import CheckpointDirTransport
     from cluster.transport_object_store import ObjectStoreTransport, load_policy_payload
-    from pipelines.base_model import build_model
-    from pipelines.config import Config, ModelSection
-    from pipelines.entropy import token_entropies
-    from pipelines.tokenizer import train_tokenizer
+    from pipelines.core.config import Config, ModelSection
+    from pipelines.core.entropy import token_entropies
+    from pipelines.world.base_model import build_model
+    from pipelines.world.tokenizer import train_tokenizer
 
     section = ModelSection(hidden_size=hidden, num_layers=layers, num_heads=hidden // 64)
     section.num_kv_heads = section.num_heads

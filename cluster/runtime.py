@@ -6,9 +6,8 @@ import logging
 import os
 import socket
 
-from pipelines.config import ClusterSection, Config
-from pipelines.errors import UserError
-from pipelines.methods import MethodSpec
+from pipelines.core.config import ClusterSection, Config
+from pipelines.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -86,42 +85,6 @@ def init_ray(cfg: ClusterSection) -> None:
     log.info("ray: %s, resources %s", address or "local", ray.cluster_resources())
 
 
-def resource_plan(cfg: Config, method: MethodSpec) -> dict[str, dict[str, float]]:
-    """What each role of a run reserves from Ray, in total: {role: {"CPU": .., "GPU": ..}}."""
-    r = cfg.resources
-    groups = {"trainer": r.trainer} if cfg.stages.train else {}  # constructing only: none
-    if method.screens:
-        groups |= {"scorer": r.scorer, "verifier": r.verifier}
-    plan = {role: {"CPU": g.count * g.cpus, "GPU": g.count * g.gpus} for role, g in groups.items()}
-    # Every method's filler chunks come from the shards (pipelines/assemble.py FillerPool).
-    plan["shard"] = {"CPU": cfg.index.num_shards * r.shard.cpus, "GPU": 0.0}
-    if method.retrieves:
-        plan["embedder"] = {"CPU": r.embedder.cpus, "GPU": 0.0}
-    return plan
-
-
-def check_plan_fits(cfg: Config, method: MethodSpec) -> None:
-    """Before any actor starts: on a local Ray (nothing can scale up) the roles together must
-    fit the machine, else one line with the sums and the keys to change. A joined cluster's
-    autoscaler may add nodes: there the plan is only logged."""
-    import ray
-
-    plan = resource_plan(cfg, method)
-    need = {k: sum(p[k] for p in plan.values()) for k in ("CPU", "GPU")}
-    if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
-        log.info("the run asks the cluster for %s", need)
-        return
-    total = ray.cluster_resources()
-    short = [k for k, v in need.items() if v > total.get(k, 0.0) + 1e-6]
-    if short:
-        k = short[0]
-        parts = ", ".join(f"{role} {p[k]:g}" for role, p in plan.items() if p[k])
-        raise UserError(
-            f"the run's actors need {need[k]:g} {k} ({parts}) but this local Ray has "
-            f"{total.get(k, 0.0):g}: lower resources.<role>.count or .{k.lower()}s"
-        )
-
-
 def check_train_fits(cfg: Config, wait_s: float = 20.0) -> None:
     """Ray Train waits, silently and forever, for resources a fixed-size cluster never frees.
     On a local Ray (nothing can scale up) refuse up front with the keys to change; on a joined
@@ -130,7 +93,7 @@ def check_train_fits(cfg: Config, wait_s: float = 20.0) -> None:
 
     import ray
 
-    from pipelines.errors import UserError
+    from pipelines.core.errors import UserError
 
     workers = cfg.resources.trainer
     need = {"CPU": workers.count * workers.cpus}

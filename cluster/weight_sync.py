@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 import ray
 
-from pipelines.errors import UserError
+from pipelines.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.config import Config, load_config
-from pipelines.errors import StageFailed, UserError
+from pipelines.core.config import Config, load_config
+from pipelines.core.errors import StageFailed, UserError
 
 DEFAULT_PROBE_DISTANCES = (128, 256, 768)  # here, not in probe.py: that imports torch
 
@@ -34,7 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def cmd_ingest(cfg: Config, args: argparse.Namespace) -> None:
     from cluster.runtime import init_ray
-    from pipelines.world import ensure_corpus
+    from pipelines.world.world import ensure_corpus
 
     init_ray(cfg.cluster)
     print(f"corpus: {ensure_corpus(cfg)}")
@@ -42,7 +42,7 @@ def cmd_ingest(cfg: Config, args: argparse.Namespace) -> None:
 
 def cmd_prepare_base(cfg: Config, args: argparse.Namespace) -> None:
     from cluster.runtime import init_ray
-    from pipelines.world import ensure_world
+    from pipelines.world.world import ensure_world
 
     init_ray(cfg.cluster)
     world = ensure_world(cfg, rebuild=args.rebuild)
@@ -50,32 +50,32 @@ def cmd_prepare_base(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_build_index(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.build_index import cmd_build_index as build
+    from pipelines.world.build_index import cmd_build_index as build
 
     build(cfg, args)
 
 
 def cmd_screen(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.screen import cmd_screen as screen
+    from pipelines.steps.screen import cmd_screen as screen
 
     screen(cfg, args)
 
 
 def cmd_plan(cfg: Config, args: argparse.Namespace) -> None:
     if args.measure:
-        from pipelines.plan import assumptions_of
-        from pipelines.plan_measure import measure
+        from pipelines.driver.plan import assumptions_of
+        from pipelines.driver.plan_measure import measure
 
         _check_writable(cfg)  # the measurement is a construct-only run: it writes
         measure(cfg, args.measure, assumptions_of(args), args.model_config or None)
         return
-    from pipelines.plan import cmd_plan as plan
+    from pipelines.driver.plan import cmd_plan as plan
 
     plan(cfg, args)
 
 
 def _plan_arguments(p: argparse.ArgumentParser) -> None:
-    from pipelines.plan import plan_arguments
+    from pipelines.driver.plan import plan_arguments
 
     plan_arguments(p)
     p.add_argument(
@@ -85,12 +85,12 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="first measure the yields on N of stage 0's seed documents with this model, index "
         "and thresholds (a construct-only run on this machine; ~32 is enough), then price the "
-        "stages with them (pipelines/plan_measure.py)",
+        "stages with them (pipelines/driver/plan_measure.py)",
     )
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.report import write_report
+    from pipelines.driver.report import write_report
 
     if not (cfg.run_dir / "stages").is_dir():
         raise UserError(f"no stages under '{cfg.run_dir}': run `policylong run` first")
@@ -98,7 +98,7 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_probe(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.probe import check_distances, plot_gains, probe_model
+    from pipelines.eval.probe import check_distances, plot_gains, probe_model
 
     distances = _distances(args.distances)
     if args.samples < 2:
@@ -133,15 +133,15 @@ def _corpus_dir(cfg: Config) -> Path:
     if (corpus_dir / "manifest.json").is_file():
         return corpus_dir
     from cluster.runtime import init_ray
-    from pipelines.world import ensure_corpus
+    from pipelines.world.world import ensure_corpus
 
     init_ray(cfg.cluster)
     return ensure_corpus(cfg)
 
 
 def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.evaluate import evaluate_model
-    from pipelines.probe import max_positions
+    from pipelines.eval.evaluate import evaluate_model
+    from pipelines.eval.probe import max_positions
 
     for model_dir in args.model:
         max_positions(model_dir)  # an HF model directory, else one line before any work
@@ -175,8 +175,8 @@ def _eval_target(out: Path, model_dir, models: int) -> Path:
 def _harness_eval(cfg: Config, args: argparse.Namespace, out: Path) -> None:
     """lm-eval's RULER tasks (eval.harness_tasks) at eval.lengths, eval.samples per task and
     length, into each model's eval.json."""
-    from pipelines.eval_harness import run_harness
-    from pipelines.probe import max_positions
+    from pipelines.eval.eval_harness import run_harness
+    from pipelines.eval.probe import max_positions
 
     results = {}
     for model_dir in args.model:
@@ -188,7 +188,7 @@ def _harness_eval(cfg: Config, args: argparse.Namespace, out: Path) -> None:
 
 
 def cmd_compare(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.compare import compare
+    from pipelines.driver.compare import compare
 
     try:
         seeds = sorted({int(x) for x in args.seeds.split(",") if x.strip()})
@@ -200,7 +200,7 @@ def cmd_compare(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_import_gguf(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.gguf_import import import_gguf, packaged_gguf
+    from pipelines.world.gguf_import import import_gguf, packaged_gguf
 
     if bool(args.gguf) == bool(args.package):
         raise UserError("import-gguf: give exactly one of --gguf FILE or --package NAME")
@@ -219,7 +219,7 @@ def _distances(text: str) -> list[int]:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.run import run
+    from pipelines.driver.run import run
 
     run(cfg)
 
@@ -227,13 +227,13 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_construct(cfg: Config, args: argparse.Namespace) -> None:
     import dataclasses
 
-    from pipelines.run import run
+    from pipelines.driver.run import run
 
     run(dataclasses.replace(cfg, stages=dataclasses.replace(cfg.stages, train=False)))
 
 
 def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.config import config_to_yaml
+    from pipelines.core.config import config_to_yaml
 
     print(config_to_yaml(cfg), end="")
 
@@ -269,7 +269,7 @@ COMMANDS = {
     "plan": (
         cmd_plan,
         "start nothing: print where each role's actors go, whether they fit, and the work and "
-        "GPU-hours per stage from a FLOP model of the method (pipelines/plan.py)",
+        "GPU-hours per stage from a FLOP model of the method (pipelines/driver/plan.py)",
     ),
     "report": (cmd_report, "rewrite a run's stage summaries, plots and report.md"),
     "run": (cmd_run, "run the main job on a profile (the embedded default: configs/tiny.yaml)"),

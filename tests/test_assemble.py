@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from pipelines.assemble import Piece, anchors_kept, assemble_sample, document_window
-from pipelines.config import AssembleSection
-from pipelines.sample_log import SAMPLE_SCHEMA
+from pipelines.core.config import AssembleSection
+from pipelines.core.sample_log import SAMPLE_SCHEMA
+from pipelines.steps.assemble import Piece, anchors_kept, assemble_sample, document_window
 
 EOS = 0
 
@@ -121,8 +121,14 @@ def _write_index(root, shard_docs: list[dict[str, int]], dim: int = 8):
     shard_docs[s] = {doc_id: number of chunks}; chunk tokens encode (shard, row). Its rows."""
     import faiss
 
-    from pipelines.chunking import CHUNK_SCHEMA, write_chunk_table
-    from pipelines.index_format import FORMAT_VERSION, MANIFEST, sha256_file, shard_files
+    from pipelines.core.index_format import (
+        CHUNK_SCHEMA,
+        FORMAT_VERSION,
+        MANIFEST,
+        sha256_file,
+        shard_files,
+        write_chunk_table,
+    )
 
     rng = np.random.default_rng(0)
     shards, files, rows = [], {}, {}
@@ -155,9 +161,9 @@ def _write_index(root, shard_docs: list[dict[str, int]], dim: int = 8):
 
 
 def _pool(root, shard_docs, batch=16):
-    from pipelines.assemble import FillerPool
-    from pipelines.config import IndexSection
-    from pipelines.retrieve import start_shards
+    from pipelines.core.config import IndexSection
+    from pipelines.steps.assemble import FillerPool
+    from pipelines.steps.retrieve import start_shards
 
     rows = _write_index(root, shard_docs)
     shards, sizes = start_shards(root, len(shard_docs), IndexSection(), cpus_per_shard=0.05)

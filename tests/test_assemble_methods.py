@@ -1,14 +1,16 @@
 """The baselines' layouts as their papers describe them: EntropyLong's [C_pi(1..m); D] units
-packed to seq_len with no negative and no filler (pipelines/assemble_entropylong.py), NExtLong's
-meta-chunks each followed by their own unreused nearest chunks (pipelines/assemble_nextlong.py)."""
+packed to seq_len with no negative and no filler (pipelines/steps/assemble_entropylong.py),
+NExtLong's
+meta-chunks each followed by their own unreused nearest chunks
+(pipelines/steps/assemble_nextlong.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines.assemble import Piece, anchors_kept
-from pipelines.assemble_entropylong import Unit, pack_units
-from pipelines.assemble_nextlong import (
+from pipelines.steps.assemble import Piece, anchors_kept
+from pipelines.steps.assemble_entropylong import Unit, pack_units
+from pipelines.steps.assemble_nextlong import (
     MetaChunk,
     interleave,
     meta_chunks,

@@ -57,7 +57,7 @@ def earlier_run(tmp_path, tiny_world):
 def own_cache(tmp_path, tiny_world, test_config):
     """A copy of the content-addressed cache this profile uses (pi_0 and its index, built here
     when no earlier test has), to damage."""
-    from pipelines.build_index import build_index, cached_index_dir
+    from pipelines.world.build_index import build_index, cached_index_dir
 
     cache = tmp_path / "cache"
     corpus, model = tiny_world.corpus_dir, Path(tiny_world.model_dir)
@@ -309,7 +309,7 @@ def test_a_resume_from_a_broken_stage_checkpoint_is_one_line(
 ):
     """A finished stage 0 (the compare's EntropyLong run) resumed as a two-stage run: stage 1
     would start from stage 0's checkpoint, which is gone or cut short."""
-    from pipelines.compare import method_config
+    from pipelines.driver.compare import method_config
 
     finished = method_config(one_stage_compare[0], "entropylong", 0)
     out = tmp_path / "out"
@@ -337,7 +337,7 @@ def test_a_full_disk_while_the_sample_log_is_written_is_one_line_and_keeps_commi
 ):
     """The second shard's write fails half-way with ENOSPC: exit 2 with one line, the first
     shard stays committed and readable, the half-written one is not taken for a shard."""
-    import pipelines.sample_log
+    import pipelines.core.sample_log
 
     cfg = load_test_profile(
         "run.name=disk-full", "stages.method=concat", *ONE_STAGE, "screen.batch_docs=1"
@@ -356,13 +356,13 @@ def test_a_full_disk_while_the_sample_log_is_written_is_one_line_and_keeps_commi
         Path(where).write_bytes(b"PAR1 half a shard")
         raise OSError(errno.ENOSPC, "No space left on device", str(where))
 
-    monkeypatch.setattr(pipelines.sample_log.pq, "write_table", fill_up)
+    monkeypatch.setattr(pipelines.core.sample_log.pq, "write_table", fill_up)
     code = main(["run", "--config", str(tmp_path / "config.yaml")])
     monkeypatch.undo()
     says = ["no space left on the device writing", "free space", "stage 0 failed in", "rerun"]
     assert_one_clear_line(code, capsys.readouterr().err, says)
     samples = cfg.run_dir / "stages" / "stage_0" / "samples"
-    log = pipelines.sample_log.SampleLog(samples)
+    log = pipelines.core.sample_log.SampleLog(samples)
     [first] = log.commits()
     assert log.read(first.name).num_rows == first.rows > 0
     assert not (samples / "manifest.json").exists()

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from pipelines import world as world_module
+from pipelines.world import world as world_module
 
 SMALL = [
     "tokenizer.vocab_size=1024",
@@ -42,7 +42,7 @@ def test_a_cold_cache_builds_pi0_and_a_warm_one_reuses_it(
 ):
     from transformers import AutoModelForCausalLM
 
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.world.tokenizer import load_tokenizer
 
     # run.name test: the tiny world's ingested corpus is reused, the base is not
     cfg = load_test_profile("run.name=test", f"run.cache_dir={tmp_path}", *SMALL)

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.compare import method_config
-from pipelines.policylong import run_policylong, stage_dir
+from pipelines.driver.compare import method_config
+from pipelines.driver.stage_driver import run_policylong, stage_dir
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +37,9 @@ def baseline_run(load_test_profile, tiny_world, ray_local):
 
 def _chunk_owners(cfg) -> dict[str, str]:
     """chunk_id -> the document it was cut from, read from the run's index."""
-    from pipelines.build_index import cached_index_dir
-    from pipelines.index_format import chunk_column
-    from pipelines.world import ensure_world
+    from pipelines.core.index_format import chunk_column
+    from pipelines.world.build_index import cached_index_dir
+    from pipelines.world.world import ensure_world
 
     world = ensure_world(cfg)
     return chunk_column(cached_index_dir(cfg, world.corpus_dir, world.model_dir), "doc_id")
@@ -78,7 +78,7 @@ def test_entropylong_samples_hold_verified_contexts_and_documents_only(one_stage
 def test_every_anchor_of_every_committed_sample_is_in_its_document_segment(one_stage_compare):
     """Stage 0 of 512 tokens keeps 256 document tokens; the test documents are longer (up to
     screen.max_doc_tokens 512), so this fails if screening scores more than the sample holds."""
-    from pipelines.assemble import anchors_kept
+    from pipelines.steps.assemble import anchors_kept
 
     base = one_stage_compare[0]
     for method in ("policylong", "policylong_static", "entropylong"):
@@ -107,10 +107,10 @@ def test_concat_is_filler_and_the_document(one_stage_compare):
 @pytest.mark.timeout(1500)  # a two-stage run of its own (the compare's are one stage)
 def test_the_static_ablation_screens_every_stage_with_pi0(baseline_run, tiny_world):
     from actors.hf_backend import HFBackend
-    from pipelines.entropy import token_entropies
-    from pipelines.ingest import read_docs
-    from pipelines.screen import tokenize_docs
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.core.entropy import token_entropies
+    from pipelines.steps.screen import tokenize_docs
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     cfg, _ = baseline_run(
         "policylong_static",

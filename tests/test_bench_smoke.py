@@ -73,7 +73,7 @@ def test_pi0_sweep_runs_every_step_kind():
 
 @pytest.mark.timeout(600)
 def test_plan_calibration_reads_the_compare_runs(one_stage_compare):
-    from pipelines.compare import method_config
+    from pipelines.driver.compare import method_config
 
     cfg = one_stage_compare[0]
     runs = [str(method_config(cfg, m, 0).run_dir) for m in ("policylong", "entropylong")]

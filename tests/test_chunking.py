@@ -6,16 +6,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.chunking import (
-    CHUNK_SCHEMA,
+from pipelines.core.index_format import CHUNK_SCHEMA
+from pipelines.world.chunking import (
     chunk_corpus,
     chunk_documents,
     chunk_id_of,
     shard_of,
     split_tokens,
 )
-from pipelines.ingest import read_docs
-from pipelines.tokenizer import load_tokenizer
+from pipelines.world.ingest import read_docs
+from pipelines.world.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

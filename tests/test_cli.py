@@ -39,7 +39,7 @@ def test_show_config_prints_resolved_values(capsys):
 
 def test_cluster_addresses_ray_resolves_itself_are_not_probed():
     from cluster.runtime import check_reachable
-    from pipelines.errors import UserError
+    from pipelines.core.errors import UserError
 
     # No host:port to probe: Ray's own resolution applies, nothing is refused here ...
     for address in ("auto", "head-node", "ray://head-node"):

@@ -11,9 +11,9 @@ import pytest
 import ray
 import yaml
 
-from cluster.runtime import resource_plan
-from pipelines.config import load_config
-from pipelines.methods import method_spec
+from pipelines.core.config import load_config
+from pipelines.core.methods import method_spec
+from pipelines.driver.placement import resource_plan
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.compare import compare, compare_dir
-from pipelines.config import METHODS
-from pipelines.eval_tasks import TASKS
+from pipelines.core.config import METHODS
+from pipelines.driver.compare import compare, compare_dir
+from pipelines.eval.eval_tasks import TASKS
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The compare's intervals and paired comparisons (pipelines/compare_stats.py), against values
+"""The compare's intervals and paired comparisons (pipelines/eval/compare_stats.py), against values
 worked out by hand."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipelines.compare_stats import interval, paired
+from pipelines.eval.compare_stats import interval, paired
 
 pytestmark = pytest.mark.timeout(30)
 

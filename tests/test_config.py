@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import ConfigError, config_from_dict, load_config
+from pipelines.core.config import ConfigError, config_from_dict, load_config
 
 REPO_CONFIGS = ["configs/tiny.yaml", "configs/test.yaml", "configs/qwen2.5-3b-128k.yaml"]
 

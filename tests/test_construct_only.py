@@ -11,7 +11,7 @@ import pytest
 from one_stage import COMPARE
 
 from pipelines.cli import main
-from pipelines.policylong import stage_dir
+from pipelines.driver.stage_driver import stage_dir
 
 pytestmark = pytest.mark.slow
 

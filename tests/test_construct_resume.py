@@ -8,21 +8,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import construct
-from pipelines.sample_log import SampleLog
+from pipelines.core.sample_log import SampleLog
+from pipelines.driver import construct
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def stage_ctx(load_test_profile, tiny_world, ray_local):
-    from pipelines.build_index import build_index, cached_index_dir
-    from pipelines.fleet import Fleet
-    from pipelines.ingest import read_docs
-    from pipelines.methods import method_spec
-    from pipelines.policylong import seed_share
-    from pipelines.screen import tokenize_docs
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.core.methods import method_spec
+    from pipelines.driver.fleet import Fleet
+    from pipelines.driver.stage_driver import seed_share
+    from pipelines.steps.screen import tokenize_docs
+    from pipelines.world.build_index import build_index, cached_index_dir
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     cfg = load_test_profile(
         "run.name=resume",
@@ -37,8 +37,7 @@ def stage_ctx(load_test_profile, tiny_world, ray_local):
         cfg.index,
     )
     docs = tokenize_docs(tok, read_docs(tiny_world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
-    tables = index.manifest["chunk_tables"]
-    with Fleet(cfg, method_spec("policylong"), index.index_dir, tables) as fleet:
+    with Fleet(cfg, method_spec("policylong"), index.index_dir) as fleet:
         fleet.start(tiny_world.model_dir, 0)
 
         def make(stage_dir: Path) -> construct.StageContext:

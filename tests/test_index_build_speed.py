@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from actors.embedder import SentenceEncoder, native_bf16, resolve_dtype
-from pipelines.build_index import build_cpus, build_key
-from pipelines.config import IndexSection
+from pipelines.core.config import IndexSection
+from pipelines.world.build_index import build_cpus, build_key
 
 TEXTS = [
     "To be, or not to be, that is the question.",

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import CorpusSection
-from pipelines.errors import UserError
-from pipelines.ingest import doc_id_of, ingest, normalize, read_docs
+from pipelines.core.config import CorpusSection
+from pipelines.core.errors import UserError
+from pipelines.world.ingest import doc_id_of, ingest, normalize, read_docs
 
 LONG = "word " * 60  # 300 chars: above min_chars below
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import base_model
-from pipelines.config import ModelSection, load_config
-from pipelines.ingest import read_docs
-from pipelines.tokenizer import load_tokenizer
+from pipelines.core.config import ModelSection, load_config
+from pipelines.world import base_model
+from pipelines.world.ingest import read_docs
+from pipelines.world.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import load_config
-from pipelines.errors import UserError
-from pipelines.plan import Assumptions, ModelShape, model_shape, plan
+from pipelines.core.config import load_config
+from pipelines.core.errors import UserError
+from pipelines.driver.plan import Assumptions, ModelShape, model_shape, plan
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "qwen2.5-3b-128k.yaml"
@@ -61,8 +61,8 @@ def test_ivf_pq_shrinks_the_index_to_its_code_bytes():
 def test_ivf_pq_index_builds_and_finds_neighbours():
     import faiss
 
-    from pipelines.build_index import make_faiss_index
-    from pipelines.config import IndexSection
+    from pipelines.core.config import IndexSection
+    from pipelines.world.build_index import make_faiss_index
 
     faiss.omp_set_num_threads(1)  # no spinning threads on a busy machine
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def test_plan_cli_starts_nothing_and_prints_one_json_line(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_index_size_is_never_a_made_up_zero(tmp_path):
-    from pipelines.plan import index_size
+    from pipelines.driver.plan import index_size
 
     cfg = load_config(PAPER, [f"run.output_dir={tmp_path}"])  # no index built there
     unknown = plan(cfg, Assumptions(), QWEN_SHAPE)

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from pipelines.plan import Assumptions
-from pipelines.plan_measure import TAU_POS_GRID, measure
-from pipelines.policylong import stage_dir
+from pipelines.driver.plan import Assumptions
+from pipelines.driver.plan_measure import TAU_POS_GRID, measure
+from pipelines.driver.stage_driver import stage_dir
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_measure_matches_a_construct_only_run_and_reprices(
 
 
 def test_examples_show_the_best_and_the_weakest_candidate_a_threshold_keeps():
-    from pipelines.plan_measure import examples
+    from pipelines.driver.plan_measure import examples
 
     r = np.array([0.5, 0.02, 0.12, 0.3, 0.07, 0.3])
     ex = examples(r, [f"a{i}" for i in range(6)], [f"c{i}" for i in range(6)])

@@ -1,4 +1,5 @@
-"""`plan`'s GPU split (pipelines/plan_split.py): the proposed split is the best one (checked by an
+"""`plan`'s GPU split (pipelines/driver/plan_split.py): the proposed split is the best one (checked
+by an
 exhaustive search written separately here), never slower than the profile's fixed split on the
 same GPUs, never faster than every GPU busy all the time; the paper profile adopts it."""
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 from test_plan import PAPER, QWEN_SHAPE
 
-from pipelines.config import load_config
-from pipelines.plan import Assumptions, plan
-from pipelines.plan_split import Split, best_split, propose, run_wall_h
+from pipelines.core.config import load_config
+from pipelines.driver.plan import Assumptions, plan
+from pipelines.driver.plan_split import Split, best_split, propose, run_wall_h
 
 ONE_GPU = {"scorer": 1.0, "verifier": 1.0, "trainer": 1.0}
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ import pytest
 from fault_injection import construction_held_until_trained, train_worker_killed_at_step
 from one_stage import run_command
 
-from pipelines.policylong import run_policylong, stage_dir
+from pipelines.driver.stage_driver import run_policylong, stage_dir
 
 pytestmark = pytest.mark.slow
 
@@ -230,7 +230,7 @@ def test_a_driver_killed_between_stages_and_rerun_continues_where_it_stopped(
 def test_each_stage_is_exported_as_a_dataset_that_loads_with_its_provenance(e2e):
     import datasets
 
-    from pipelines.sample_log import SampleLog
+    from pipelines.core.sample_log import SampleLog
 
     cfg, _ = e2e
     for k in range(2):
@@ -261,10 +261,10 @@ def test_stage_one_screens_and_verifies_with_pi1_not_pi0(e2e, tiny_world):
     and pi_0's differ from them by a wide margin."""
     import numpy as np
 
-    from pipelines.ingest import read_docs
-    from pipelines.onpolicy_shift import entropies, verifier_r
-    from pipelines.screen import tokenize_docs
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.eval.onpolicy_shift import entropies, verifier_r
+    from pipelines.steps.screen import tokenize_docs
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     cfg, _ = e2e
     pi0, pi1 = _model(tiny_world.model_dir), _model(stage_dir(cfg, 0) / "model")
@@ -294,9 +294,9 @@ def test_stage_one_screens_and_verifies_with_pi1_not_pi0(e2e, tiny_world):
 
 def _chunk_tokens(cfg) -> dict[str, list[int]]:
     """chunk_id -> token ids, read from the run's index."""
-    from pipelines.build_index import cached_index_dir
-    from pipelines.index_format import chunk_column
-    from pipelines.world import ensure_world
+    from pipelines.core.index_format import chunk_column
+    from pipelines.world.build_index import cached_index_dir
+    from pipelines.world.world import ensure_world
 
     world = ensure_world(cfg)
     return chunk_column(cached_index_dir(cfg, world.corpus_dir, world.model_dir), "input_ids")

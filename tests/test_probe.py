@@ -1,4 +1,5 @@
-"""The long-copy probe (pipelines/probe.py): it separates a model that copies from its context from
+"""The long-copy probe (pipelines/eval/probe.py): it separates a model that copies from its context
+from
 one that does not, feeds every model the same inputs, and `policylong probe` writes its files."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from copying_policy import VOCAB
 
 from pipelines.cli import main
-from pipelines.long_copy import SPAN, copy_probe_inputs, long_copy_gain, span_nll
+from pipelines.core.long_copy import SPAN, copy_probe_inputs, long_copy_gain, span_nll
 
 STREAM = np.random.default_rng(0).integers(0, VOCAB, 20_000)  # uniform: only copying helps
 
@@ -55,7 +56,7 @@ def test_probe_separates_a_copying_model_from_one_that_does_not_read_its_context
 
 
 def _reference_gain(model, distance: int) -> dict:
-    """gain(D) of the module docstring of pipelines/long_copy.py, computed without its code:
+    """gain(D) of the module docstring of pipelines/core/long_copy.py, computed without its code:
     the second span starts at position D; its tokens 2..SPAN are scored."""
     with_copy, without = copy_probe_inputs(STREAM, distance)
     scored = torch.arange(distance + 1, distance + SPAN)  # target positions
@@ -153,8 +154,8 @@ def test_report_probes_pi0_and_each_stage_checkpoint(tiny_world, test_config, tm
     and marks pi_0's D=768 as beyond its pretraining context (512)."""
     import shutil
 
-    from pipelines.config import config_to_yaml
-    from pipelines.report import write_report
+    from pipelines.core.config import config_to_yaml
+    from pipelines.driver.report import write_report
 
     run_dir = tmp_path / "run"
     stage = run_dir / "stages" / "stage_0"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.config import ConfigError, ScreenSection, config_from_dict
-from pipelines.screen import query_text, query_window, screen_doc
+from pipelines.core.config import ConfigError, ScreenSection, config_from_dict
+from pipelines.steps.screen import query_text, query_window, screen_doc
 
 IDS = list(range(1000, 1100))  # token i of the document has id 1000 + i: a slice is readable
 
@@ -68,7 +68,7 @@ def test_zero_sizes_and_bad_positions():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from pipelines.tokenizer import train_tokenizer
+    from pipelines.world.tokenizer import train_tokenizer
 
     text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
     return train_tokenizer([text] * 20, 300, 1, tmp_path_factory.mktemp("tok"))

@@ -23,11 +23,11 @@ import ray.train
 from ray.train import LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from cluster.runtime import init_ray
-from pipelines.build_index import embed_chunks
-from pipelines.chunking import chunk_corpus
-from pipelines.config import ClusterSection, IndexSection
-from pipelines.tokenizer import train_tokenizer
-from pipelines.train import quiet_report_log
+from pipelines.world.build_index import embed_chunks
+from pipelines.world.chunking import chunk_corpus
+from pipelines.core.config import ClusterSection, IndexSection
+from pipelines.world.tokenizer import train_tokenizer
+from pipelines.steps.train import quiet_report_log
 
 out = Path(sys.argv[1])
 text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. "
@@ -81,7 +81,7 @@ def test_index_build_and_training_log_no_ray_noise(tmp_path):
 def test_quiet_report_log_quiets_the_logger_ray_train_reports_with():
     from ray.train.v2._internal.execution import context
 
-    from pipelines.train import quiet_report_log
+    from pipelines.steps.train import quiet_report_log
 
     context.logger.setLevel(logging.NOTSET)  # as a fresh worker has it: the root's level
     quiet_report_log()

@@ -19,18 +19,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from actors.retrieval_shard import Reranked, ShardIndex, set_nprobe
-from pipelines.build_index import (
+from pipelines.core.config import IndexSection, load_config
+from pipelines.core.errors import UserError
+from pipelines.core.index_format import verify_index
+from pipelines.steps.retrieve import Retriever
+from pipelines.world.build_index import (
     IndexBuild,
     build_index,
     build_key,
     cached_index_dir,
     make_faiss_index,
 )
-from pipelines.config import IndexSection, load_config
-from pipelines.errors import UserError
-from pipelines.index_format import verify_index
-from pipelines.ingest import read_docs
-from pipelines.retrieve import Retriever
+from pipelines.world.ingest import read_docs
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -289,7 +289,7 @@ def test_rerank_against_the_float_vectors_raises_pq_recall(built_index):
 def pq_index_dirs(built_index, index_run, tiny_world, tmp_path_factory, monkeypatch_module):
     """The real build (chunking, shard files, manifest) of the same corpus as OPQ+IVF-PQ, with and
     without re-rank vectors; the embeddings are the flat index's (no second embedding pass)."""
-    from pipelines import build_index as builder
+    from pipelines.world import build_index as builder
 
     vectors, ids, _ = _all_vectors(built_index.index_dir, built_index.manifest)
     row = {c: i for i, c in enumerate(ids)}

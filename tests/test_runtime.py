@@ -8,10 +8,11 @@ import logging
 
 import pytest
 
-from cluster.runtime import check_plan_fits, check_train_fits, resource_plan
-from pipelines.config import config_from_dict
-from pipelines.errors import UserError
-from pipelines.methods import method_spec
+from cluster.runtime import check_train_fits
+from pipelines.core.config import config_from_dict
+from pipelines.core.errors import UserError
+from pipelines.core.methods import method_spec
+from pipelines.driver.placement import check_plan_fits, resource_plan
 
 
 def _cfg(address: str = "", **resources):
@@ -39,12 +40,14 @@ def test_train_that_fits_passes(ray_local):
 def test_joined_cluster_is_not_refused(ray_local, caplog):
     # An autoscaling cluster may add nodes: only a local Ray is known to be fixed in size.
     # The ask is logged instead; the same resources on the local Ray are refused.
-    caplog.set_level(logging.INFO, logger="cluster.runtime")
+    loggers = ("cluster.runtime", "pipelines.driver.placement")
+    for name in loggers:
+        caplog.set_level(logging.INFO, logger=name)
     too_big = {"trainer": {"count": 64, "cpus": 1.0}}
     joined = _cfg("auto", **too_big)
     check_train_fits(joined, wait_s=0)
     check_plan_fits(joined, method_spec("policylong"))
-    asks = [r.getMessage() for r in caplog.records if r.name == "cluster.runtime"]
+    asks = [r.getMessage() for r in caplog.records if r.name in loggers]
     assert "Ray Train asks the cluster for {'CPU': 64.0}" in asks, asks
     plan = resource_plan(joined, method_spec("policylong")).values()
     need = {k: sum(p[k] for p in plan) for k in ("CPU", "GPU")}

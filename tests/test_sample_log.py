@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
+from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
 
 
 def _table(ids: list[str]) -> pa.Table:
@@ -58,7 +58,7 @@ def test_manifest_marks_the_stage_finished(tmp_path):
 
 
 def test_stream_reads_in_commit_order_and_keeps_only_shards_in_use(tmp_path):
-    from pipelines.train import SampleStream
+    from pipelines.steps.train import SampleStream
 
     log = SampleLog(tmp_path, writer=True)
     names = [shard_name(0, [f"d{i}"]) for i in range(3)]

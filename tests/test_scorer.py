@@ -37,8 +37,8 @@ def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 @pytest.fixture(scope="session")
 def scorer_docs(tiny_world):
-    from pipelines.ingest import read_docs
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_world.model_dir)
     table = read_docs(tiny_world.corpus_dir, "train")
@@ -131,7 +131,7 @@ def test_hf_backend_loads_a_state_dict(tiny_world, scorer_docs, new_checkpoint):
     from transformers import AutoModelForCausalLM
 
     from actors.hf_backend import HFBackend
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     backend = HFBackend(tiny_world.model_dir)
     state = AutoModelForCausalLM.from_pretrained(str(new_checkpoint)).state_dict()

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipelines.screen import entropy_threshold, query_text, select_positions
+from pipelines.steps.screen import entropy_threshold, query_text, select_positions
 
 
 def _flat(n: int, value: float = 1.0) -> np.ndarray:
@@ -60,7 +60,7 @@ def test_degenerate_documents_give_nothing():
 
 
 def test_query_is_the_window_around_the_anchor(tiny_world):
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.world.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tiny_world.model_dir)
     text = "HAMLET. To be, or not to be, that is the question: whether 'tis nobler in the mind"
@@ -77,8 +77,8 @@ def test_screen_documents_writes_parquet(tiny_world, test_config, ray_local, tmp
     import pyarrow.parquet as pq
 
     from actors.scorer import create_scorers
-    from pipelines.ingest import read_docs
-    from pipelines.screen import screen_documents
+    from pipelines.steps.screen import screen_documents
+    from pipelines.world.ingest import read_docs
 
     cfg = dataclasses.replace(
         test_config,

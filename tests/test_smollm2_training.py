@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipelines.sample_log import SAMPLE_SCHEMA, SampleLog
+from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog
 
 pytestmark = pytest.mark.slow
 SEQ_LEN, SAMPLES, NEW_THETA = 256, 4, 400_000.0
@@ -57,8 +57,8 @@ def test_a_stage_trains_smollm2_and_saves_a_tied_checkpoint_with_the_raised_rope
 ):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.ingest import read_docs
-    from pipelines.train import StageTrainSpec, train_stage
+    from pipelines.steps.train import StageTrainSpec, train_stage
+    from pipelines.world.ingest import read_docs
 
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir))
     texts = [

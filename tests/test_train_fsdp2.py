@@ -12,7 +12,7 @@ import pytest
 import torch
 from fault_injection import train_worker_killed_at_step
 
-from pipelines.policylong import run_policylong, stage_dir
+from pipelines.driver.stage_driver import run_policylong, stage_dir
 
 pytestmark = pytest.mark.slow
 SAMPLES, STEPS = 24, 12  # 2 workers x batch 1; checkpoints every 5 steps
@@ -40,7 +40,7 @@ def ddp_stage(load_test_profile, tiny_world, ray_local):
 @pytest.fixture(scope="module")
 def fsdp2_stage(ddp_stage, tiny_world, tmp_path_factory):
     """The same stage's samples trained again with FSDP2, rank 1 killed at step 6."""
-    from pipelines.train import StageTrainSpec, train_stage
+    from pipelines.steps.train import StageTrainSpec, train_stage
 
     cfg, out = ddp_stage, tmp_path_factory.mktemp("fsdp2")
     sdir = stage_dir(cfg, 0)

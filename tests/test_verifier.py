@@ -18,9 +18,9 @@ from copying_policy import VOCAB, copy_case
 
 from actors.hf_backend import HFBackend
 from actors.verifier import Verifier, label_of, verifier_spec
-from pipelines.entropy import naive_token_entropies, token_entropies
-from pipelines.records import Candidate, ScreenedDoc
-from pipelines.tokenizer import load_tokenizer
+from pipelines.core.entropy import naive_token_entropies, token_entropies
+from pipelines.core.records import Candidate, ScreenedDoc
+from pipelines.world.tokenizer import load_tokenizer
 
 PREFIX = "KING HENRY. Now, lords, for France; the enterprise whereof shall be to you. "
 OTHER = "The quality of mercy is not strain'd; it droppeth as the gentle rain from heaven. "

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from fault_injection import scorer_killed_mid_stage
 
-from pipelines.policylong import run_policylong, stage_dir
+from pipelines.driver.stage_driver import run_policylong, stage_dir
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def run(load_test_profile, tiny_world, ray_local):
 
 def _hf_entropies(model_dir, ids: list[int]) -> np.ndarray:
     from actors.hf_backend import HFBackend
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     backend = HFBackend(model_dir)
     h = backend.hidden_states([ids])[0]
@@ -63,9 +63,9 @@ def test_pi1_reaches_the_vllm_scorer_in_place(run):
 
 @pytest.mark.timeout(2400)
 def test_stage_one_screens_with_hf_pi1_entropies(run, tiny_world):
-    from pipelines.ingest import read_docs
-    from pipelines.screen import tokenize_docs
-    from pipelines.tokenizer import load_tokenizer
+    from pipelines.steps.screen import tokenize_docs
+    from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     cfg, result = run
     pi0, pi1 = tiny_world.model_dir, stage_dir(cfg, 0) / "model"

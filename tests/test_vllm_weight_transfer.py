@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from cluster.weight_sync import broadcast, make_transport
-from pipelines.config import ConfigError, config_from_dict
-from pipelines.errors import UserError
+from pipelines.core.config import ConfigError, config_from_dict
+from pipelines.core.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def docs():
 
 def _hf_entropies(model_dir, seqs) -> list[np.ndarray]:
     from actors.hf_backend import HFBackend
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     backend = HFBackend(model_dir)
     weight = backend.lm_head_weight()

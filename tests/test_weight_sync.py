@@ -12,7 +12,7 @@ import torch
 
 from cluster.transport_collective import pack, plan_buckets, unpack
 from cluster.weight_sync import broadcast, make_transport
-from pipelines.errors import UserError
+from pipelines.core.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def next_policy(tiny_world, tmp_path_factory):
 
 def _probe_reference(model_dir, probe: list[int]) -> list[float]:
     from actors.hf_backend import HFBackend
-    from pipelines.entropy import token_entropies
+    from pipelines.core.entropy import token_entropies
 
     backend = HFBackend(model_dir)
     h = backend.hidden_states([probe])[0]

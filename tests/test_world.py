@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipelines import base_model
-from pipelines.ingest import read_docs
-from pipelines.shakespeare import split_work
+from pipelines.world import base_model
+from pipelines.world.ingest import read_docs
+from pipelines.world.shakespeare import split_work
 
 
 def test_embedded_corpus_is_many_scene_sized_documents(tiny_world):
@@ -86,7 +86,7 @@ def test_copy_rows_recur_at_varying_distances_and_mark_only_copyable_tokens():
 
 
 def test_copy_span_longer_than_half_a_row_is_one_config_line(load_test_profile):
-    from pipelines.config import ConfigError
+    from pipelines.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="pretrain.copy_span"):
         load_test_profile("pretrain.copy_row_len=32", "pretrain.copy_span=20")
@@ -96,7 +96,7 @@ def _small_pretrain(test_config, **phases):
     """A 1-layer model on 16 random rows of 64 tokens, and pretrain settings sized for it:
     seq_len 64, 2 rows per step, copy rows of 32 with 8-token spans (16 at full length) over
     40 token ids; `phases` sets the step counts and the rest."""
-    from pipelines.config import ModelSection, PretrainSection
+    from pipelines.core.config import ModelSection, PretrainSection
 
     # From the schema's defaults (no copy phase), not the test profile's recipe: each test
     # turns on the phases it checks.

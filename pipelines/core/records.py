@@ -1,0 +1,60 @@
+"""The records passed between the paper's steps, one per step boundary:
+
+    screen   -> ScreenedDoc   a seed document, its entropies, the chosen positions and queries
+    retrieve -> Candidate     one retrieved chunk for one document, with the positions it serves
+    verify   -> Verdict       the chunk's entropy reduction r there, and its label
+
+They cross Ray actor boundaries (pickled), so they hold plain lists and numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ScreenedDoc:
+    doc_id: str
+    input_ids: list[int]
+    positions: list[int]  # selected anchor positions, sorted
+    position_entropies: list[float]  # H_t under the screening policy, at `positions`
+    queries: list[str]  # the retrieval query around each position
+    entropy_mean: float
+    entropy_std: float
+    threshold: float
+    policy_version: int = 0
+    entropy: np.ndarray | None = field(default=None, repr=False)  # [T] float32, entropy[0] NaN
+
+    def table_row(self) -> dict:
+        """The row of the stage's screen table (pipelines/steps/screen.py SCREEN_SCHEMA)."""
+        return {
+            "doc_id": self.doc_id,
+            "n_tokens": len(self.input_ids),
+            "entropy_mean": self.entropy_mean,
+            "entropy_std": self.entropy_std,
+            "threshold": self.threshold,
+            "positions": self.positions,
+            "position_entropies": self.position_entropies,
+            "queries": self.queries,
+            "policy_version": self.policy_version,
+        }
+
+
+@dataclass
+class Candidate:
+    chunk_id: str
+    input_ids: list[int]
+    similarity: float  # the best retrieval score over the positions it was retrieved for
+    positions: list[int] = field(default_factory=list)  # positions of the document it serves
+
+
+@dataclass
+class Verdict:
+    chunk_id: str
+    r: float  # mean relative entropy reduction at `positions` (NaN: not verified)
+    similarity: float
+    label: str  # "positive" | "negative" | "discarded"
+    positions: list[int]
+    entropies_with: list[float] = field(default_factory=list)

@@ -1,0 +1,380 @@
+"""One stage's data construction: screen -> retrieve -> verify -> assemble -> commit.
+
+Seed documents flow through in small batches, several batches in flight at once (one driver
+thread each), so screening of one batch overlaps retrieval and verification of the others and
+committed samples reach the trainer while later batches are still being built. The method's spec
+(pipelines/core/methods.py) decides how the chunks placed with a document are found:
+
+    verified     screen, retrieve, verify: positives + on-policy hard negatives (PolicyLong, its
+                 static ablation and EntropyLong; the policy the fleet's actors hold differs)
+    meta_chunks  the document's meta-chunks' nearest chunks, unverified (NExtLong)
+    none         random filler only (plain concatenation)
+
+and how a sample is laid out from them (`layout`: pipelines/steps/assemble.py,
+assemble_entropylong.py, assemble_nextlong.py). Every method sees the stage's document window
+(assemble.document_window): the tokens screened are the tokens the sample holds.
+
+The steps themselves live in pipelines/steps/screen.py, retrieve.py, actors/verifier.py,
+assemble*.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from tqdm import tqdm
+
+from pipelines.core.atomic import replaced_atomically
+from pipelines.core.config import Config
+from pipelines.core.errors import StepFailed, describe, in_step
+from pipelines.core.records import ScreenedDoc, Verdict
+from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
+from pipelines.driver.fleet import Fleet
+from pipelines.steps.assemble import Piece, anchors_kept, assemble_sample, document_window
+from pipelines.steps.assemble_entropylong import Unit, pack_units
+from pipelines.steps.assemble_nextlong import interleave, pick_negatives
+from pipelines.steps.retrieve import candidates_for, meta_chunk_hits
+from pipelines.steps.screen import screen_batch
+from pipelines.world.tokenizer import document_separator_id
+
+log = logging.getLogger(__name__)
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("chunk_id", pa.string()),
+        ("r", pa.float32()),
+        ("similarity", pa.float32()),
+        ("label", pa.string()),
+        ("positions", pa.list_(pa.int32())),
+        # positives only (else ""; verify.example_min_r): what a reader needs to judge the
+        # dependency is real
+        ("anchor_text", pa.string()),
+        ("chunk_text", pa.string()),
+    ]
+)
+EXAMPLE_CONTEXT_TOKENS = 24  # document tokens shown before the anchor in a positive's example
+
+
+@dataclass
+class StageCounts:
+    documents: int = 0
+    positions: int = 0
+    candidates: int = 0
+    positives: int = 0
+    negatives: int = 0
+    samples: int = 0
+    tokens: int = 0
+    skipped_no_dependency: int = 0
+    skipped_short: int = 0  # NExtLong: synthesised documents shorter than seq_len (dropped)
+    units_dropped: int = 0  # EntropyLong: units left at a batch's end, too few for a sample
+    # positives' anchors in committed samples, and those whose token the sample holds (1.0)
+    anchors: int = 0
+    anchors_in_sample: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+
+@dataclass
+class StageContext:
+    """What one stage's construction works with (the fleet is shared across stages)."""
+
+    cfg: Config
+    stage: int
+    seq_len: int
+    policy_version: int  # the version the fleet's policy actors hold
+    stage_dir: Path
+    fleet: Fleet
+    tokenizer: object  # a transformers tokenizer
+    stop: threading.Event = field(default_factory=threading.Event)  # set: abandon the stage
+
+
+@dataclass
+class DocWork:
+    """One seed document on its way to a sample: what steps 1-3 found for it."""
+
+    doc: dict  # {doc_id, input_ids}
+    screened: ScreenedDoc | None = None  # None: the method does not screen
+    verdicts: list[Verdict] = field(default_factory=list)
+    chunk_tokens: dict[str, list[int]] = field(default_factory=dict)  # chunk_id -> input_ids
+
+    @property
+    def positions(self) -> list[int]:
+        return self.screened.positions if self.screened else []
+
+
+@dataclass
+class BatchResult:
+    name: str
+    samples: list[dict]
+    screen_rows: list[dict]
+    candidate_rows: list[dict]
+    counts: StageCounts
+
+
+def _screen_retrieve_verify(ctx: StageContext, batch_index: int, docs: list[dict]) -> list:
+    """Steps 1-3 for a batch: one scorer call, one search, one verifier call."""
+    fleet = ctx.fleet
+    scorer = fleet.scorers[batch_index % len(fleet.scorers)]
+    verifier = fleet.verifiers[batch_index % len(fleet.verifiers)]
+    with in_step("screen"):
+        screened = screen_batch(scorer, docs, ctx.tokenizer, ctx.cfg, ctx.policy_version)
+    with in_step("retrieve"):
+        cands = candidates_for(fleet.retriever, screened)
+    with in_step("verify"):
+        verdicts = ray.get(verifier.verify_many.remote(list(zip(screened, cands, strict=True))))
+    return [
+        DocWork(d, s, v, {c.chunk_id: c.input_ids for c in cs})
+        for d, s, v, cs in zip(docs, screened, verdicts, cands, strict=True)
+    ]
+
+
+def _nextlong_samples(ctx: StageContext, docs: list[dict], counts: StageCounts) -> list:
+    """NExtLong: per document, its meta-chunks interleaved with their unverified nearest
+    chunks of other documents (pipelines/steps/assemble_nextlong.py)."""
+    samples = []
+    for d in docs:
+        with in_step("retrieve"):
+            metas, hits, k = meta_chunk_hits(
+                ctx.fleet.retriever, d, ctx.tokenizer,
+                ctx.cfg.assemble.nextlong_meta_chunk_chars, ctx.seq_len,
+            )  # fmt: skip
+        pieces = [[Piece(c.chunk_id, c.input_ids, "negative", similarity=c.similarity,
+                         doc_id=d["doc_id"]) for c in q] for q in hits]  # fmt: skip
+        negatives = pick_negatives(pieces, k)
+        n = sum(len(x) for x in negatives)
+        counts.add(documents=1, candidates=n, negatives=n)
+        with in_step("assemble"):
+            s = interleave(ctx.stage, d["doc_id"], d["input_ids"], metas, negatives, ctx.seq_len)
+        if s is None:
+            counts.add(skipped_short=1)
+        else:
+            samples.append(_sample_row(ctx, s, []))
+    return samples
+
+
+def _example_texts(tokenizer, work: DocWork, v: Verdict, min_r: float) -> dict:
+    """For a positive (or any candidate with r >= min_r): the document just before its first
+    verified position, the anchor token in [[ ]], and the chunk that lowered the entropy there."""
+    if not (v.label == "positive" or v.r >= min_r) or not v.positions:
+        return {"anchor_text": "", "chunk_text": ""}
+    ids, t = work.doc["input_ids"], min(v.positions)
+    before = tokenizer.decode(ids[max(0, t - EXAMPLE_CONTEXT_TOKENS) : t])
+    anchor = f"{before}[[{tokenizer.decode(ids[t : t + 1])}]]"
+    return {"anchor_text": anchor, "chunk_text": tokenizer.decode(work.chunk_tokens[v.chunk_id])}
+
+
+def _candidate_rows(ctx: StageContext, work: DocWork) -> list[dict]:
+    verify = ctx.cfg.verify
+    min_r = min(verify.tau_pos, verify.example_min_r)
+    return [
+        {
+            "doc_id": work.doc["doc_id"],
+            "chunk_id": v.chunk_id,
+            "r": v.r,
+            "similarity": v.similarity,
+            "label": v.label,
+            "positions": v.positions,
+            **_example_texts(ctx.tokenizer, work, v, min_r),
+        }
+        for v in work.verdicts
+    ]
+
+
+def _pieces(work: DocWork, label: str) -> list[Piece]:
+    doc_id = work.doc["doc_id"]
+    return [
+        Piece(v.chunk_id, work.chunk_tokens[v.chunk_id], label, v.r, v.similarity, doc_id,
+              list(v.positions))
+        for v in work.verdicts
+        if v.label == label
+    ]  # fmt: skip
+
+
+def _sample_seed(ctx: StageContext, doc_id: str) -> int:
+    key = f"{ctx.cfg.run.seed}:{ctx.stage}:{doc_id}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+
+
+def _sample_row(ctx: StageContext, s, positions: list[int]) -> dict:
+    return {
+        "sample_id": s.sample_id,
+        "stage": ctx.stage,
+        "policy_version": ctx.policy_version,
+        "seed_doc_id": s.seed_doc_id,
+        "positions": positions,
+        "input_ids": s.input_ids,
+        "segments": s.segments,
+    }
+
+
+def _entropylong_samples(ctx: StageContext, work: list[DocWork], counts: StageCounts) -> list:
+    """EntropyLong: [C_pi(1); ...; C_pi(m); D] units of the documents with a verified context,
+    packed into samples (pipelines/steps/assemble_entropylong.py)."""
+    units = []
+    for w in work:
+        positives = _pieces(w, "positive")
+        counts.add(
+            documents=1, positions=len(w.positions), candidates=len(w.verdicts),
+            positives=len(positives), negatives=len(_pieces(w, "negative")),
+        )  # fmt: skip
+        if positives:
+            units.append(Unit(w.doc["doc_id"], w.doc["input_ids"], positives))
+        else:
+            counts.add(skipped_no_dependency=1)
+    if not units:
+        return []
+    eos = document_separator_id(ctx.tokenizer)
+    with in_step("assemble"):
+        packed = pack_units(ctx.stage, units, ctx.seq_len, eos, _sample_seed(ctx, units[0].doc_id))
+    counts.add(units_dropped=packed.units_dropped)
+    positions = {w.doc["doc_id"]: w.positions for w in work}
+    return [_sample_row(ctx, s, positions[s.seed_doc_id]) for s in packed.samples]
+
+
+def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | None:
+    """Step 4 for one document: its sample row, or None when it has no verified dependency."""
+    positives, negatives = _pieces(work, "positive"), _pieces(work, "negative")
+    negatives.sort(key=lambda p: -p.similarity)  # the most similar are the hardest
+    counts.add(
+        documents=1,
+        positions=len(work.positions),
+        candidates=len(work.verdicts),
+        positives=len(positives),
+        negatives=len(negatives),
+    )
+    if ctx.fleet.method.screens and not positives:
+        counts.add(skipped_no_dependency=1)
+        return None
+    doc_id = work.doc["doc_id"]
+    filler = ctx.fleet.fillers.sampler(doc_id)
+    with in_step("assemble"):
+        s = assemble_sample(
+            ctx.stage, doc_id, work.doc["input_ids"], positives, negatives, filler,
+            ctx.seq_len, document_separator_id(ctx.tokenizer), ctx.cfg.assemble,
+            _sample_seed(ctx, doc_id),
+        )  # fmt: skip
+    return _sample_row(ctx, s, work.positions)
+
+
+def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> BatchResult:
+    """One batch of seed documents through the method's steps, up to (not including) commit."""
+    method = ctx.fleet.method
+    counts = StageCounts()  # added to the stage's counts only if this batch is committed
+    work = [DocWork(d) for d in docs]
+    if method.candidates == "verified":
+        work = _screen_retrieve_verify(ctx, batch_index, docs)
+    if method.layout == "interleaved":
+        samples = _nextlong_samples(ctx, docs, counts)
+    elif method.layout == "units":
+        samples = _entropylong_samples(ctx, work, counts)
+    else:
+        samples = [s for w in work if (s := _assemble(ctx, w, counts)) is not None]
+    screen_rows = [
+        w.screened.table_row() | {"entropy": w.screened.entropy.tolist()}
+        for w in work
+        if w.screened is not None
+    ]
+    cand_rows = [row for w in work for row in _candidate_rows(ctx, w)]
+    name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
+    return BatchResult(name, samples, screen_rows, cand_rows, counts)
+
+
+def _write_side_table(folder: Path, name: str, rows: list[dict], schema=None) -> None:
+    """Per-batch screening/verification details for the report (written before the commit)."""
+    if not rows:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(folder / f"{name}.parquet") as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+
+
+def _commit(ctx: StageContext, log: SampleLog, result: BatchResult, room: int) -> int:
+    """Commit one batch (its first `room` samples): details first, then the marked shard."""
+    samples = result.samples[:room]
+    for s in samples:
+        total, kept = anchors_kept(s["segments"])
+        result.counts.add(anchors=total, anchors_in_sample=kept)
+    _write_side_table(ctx.stage_dir / "screen", result.name, result.screen_rows)
+    _write_side_table(
+        ctx.stage_dir / "candidates", result.name, result.candidate_rows, CANDIDATE_SCHEMA
+    )
+    log.commit(result.name, pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA))
+    return len(samples)
+
+
+def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: int) -> dict:
+    """Build the stage's samples until the budget is met or the seed documents run out.
+
+    Batches are processed concurrently but committed strictly in batch order, and the batch that
+    reaches the budget is cut to it. So the committed samples depend only on the inputs, never
+    on timing: a killed and rerun stage commits exactly what an uninterrupted one would, and the
+    trainer, which trains every committed sample once, knows its step count in advance.
+    """
+    cfg = ctx.cfg
+    window = document_window(ctx.seq_len, cfg.screen.max_doc_tokens)
+    seed_docs = [d | {"input_ids": d["input_ids"][:window]} for d in seed_docs]
+    sample_log = SampleLog(ctx.stage_dir / "samples", writer=True)
+    done = {c.name: c.rows for c in sample_log.commits()}
+    counts = StageCounts()
+    size = cfg.screen.batch_docs
+    batches = [seed_docs[i : i + size] for i in range(0, len(seed_docs), size)]
+    names = [shard_name(ctx.stage, [d["doc_id"] for d in b]) for b in batches]
+    committed, next_commit, next_submit = 0, 0, 0
+    results: dict[int, BatchResult] = {}
+    bar = tqdm(total=budget_samples, desc=f"construct stage {ctx.stage}", unit="sample")
+    first_commit_at = None
+    pool = ThreadPoolExecutor(max_workers=cfg.stages.batches_in_flight)
+    pending: dict = {}
+    try:
+        while next_commit < len(batches) and committed < budget_samples:
+            if ctx.stop.is_set():
+                raise StepFailed("construct", RuntimeError("stopped: training failed"))
+            # Keep batches in flight ahead of the commit point (committed ones are skipped).
+            while next_submit < len(batches) and len(pending) < cfg.stages.batches_in_flight:
+                if names[next_submit] not in done:
+                    fut = pool.submit(process_batch, ctx, next_submit, batches[next_submit])
+                    pending[fut] = next_submit
+                next_submit += 1
+            if names[next_commit] in done:
+                committed += done[names[next_commit]]
+            else:
+                while next_commit not in results:
+                    fut = next(as_completed(pending))
+                    results[pending.pop(fut)] = fut.result()
+                result = results.pop(next_commit)
+                with in_step("commit"):
+                    n = _commit(ctx, sample_log, result, budget_samples - committed)
+                first_commit_at = first_commit_at or time.time()
+                counts.add(**(result.counts.to_dict() | {"samples": n, "tokens": n * ctx.seq_len}))
+                committed += n
+            bar.update(min(committed, budget_samples) - bar.n)
+            next_commit += 1
+    except BaseException as e:  # tell the trainer, which would otherwise wait for samples
+        sample_log.fail(describe(e))
+        raise
+    finally:
+        # Budget met (or an error): batches still in flight are not needed. Do not wait for
+        # them; they commit nothing (only this loop commits).
+        pool.shutdown(wait=False, cancel_futures=True)
+        bar.close()
+    sample_log.finish(
+        counts.to_dict() | {"samples_committed": committed, "first_commit_at": first_commit_at}
+    )
+    log.info("stage %d construction: %s", ctx.stage, counts.to_dict())
+    return counts.to_dict()

@@ -1,0 +1,114 @@
+"""The fleet: the one owner of a run's long-lived workers.
+
+    scorers    EntropyScorer actors (step 1)           ) hold the policy; only for methods that
+    verifiers  Verifier actors (step 3)                ) screen (pipelines/core/methods.py)
+    transports weight sync to them (cluster/weight_sync.py)
+    retriever  the sharded FAISS index and its query embedder (step 2)
+    fillers    random chunks that pad a sample (step 4), sampled by the retriever's shards (or,
+               for a method that does not retrieve, by shard actors started for that alone)
+
+Used as a context manager: whatever happens inside, no actor, transport or retrieval shard
+outlives it. Start-up (engines, the entropy kernel's compilation, the embedder) is paid in
+`warmup`, once per run, not inside a stage's clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import ray
+
+from pipelines.core.atomic import write_json_atomic
+from pipelines.core.config import Config
+from pipelines.core.methods import MethodSpec
+from pipelines.steps.assemble import FillerPool
+
+log = logging.getLogger(__name__)
+
+
+class Fleet:
+    def __init__(self, cfg: Config, method: MethodSpec, index_dir: Path):
+        self.cfg, self.method = cfg, method
+        self.scorers: list = []
+        self.verifiers: list = []
+        self.transports: list = []  # (WeightTransport, actors) pairs
+        self.retriever = None  # pipelines.steps.retrieve.Retriever, for methods that retrieve
+        self.filler_shards: list = []  # shard actors of a method that does not retrieve
+        self.fillers: FillerPool | None = None  # set by start()
+        self.index_dir = index_dir
+        # The policy the actors hold now, for any actor Ray restarts (actors/policy_holder.py).
+        self.pointer = (cfg.run_dir / "fleet_policy.json").resolve()
+
+    def start(self, policy_dir: Path, version: int) -> Fleet:
+        """Create every worker the method needs, the policy actors holding pi_version."""
+        from actors.scorer import create_scorers
+        from actors.verifier import create_verifiers
+        from cluster.weight_sync import transport_groups
+        from pipelines.steps.retrieve import Retriever, shards_from_config
+
+        if self.method.screens:
+            self._point_to(policy_dir, version)
+            pointer = str(self.pointer)
+            self.scorers = create_scorers(self.cfg, policy_dir, version=version, pointer=pointer)
+            self.verifiers = create_verifiers(self.cfg, policy_dir, version, pointer)
+            self.transports = transport_groups(self.cfg, self.scorers, self.verifiers)
+        if self.method.retrieves:
+            self.retriever = Retriever.from_config(self.cfg, self.index_dir)
+            shards, sizes = self.retriever.shards, self.retriever.sizes
+        else:
+            shards, sizes = shards_from_config(self.cfg, self.index_dir)
+            self.filler_shards = shards
+        self.fillers = FillerPool(shards, sizes, self.cfg.index.filler_batch)
+        return self
+
+    @property
+    def policy_actors(self) -> list:
+        return self.scorers + self.verifiers
+
+    def warmup(self) -> None:
+        ready = time.perf_counter()
+        ray.get([a.warmup.remote() for a in self.policy_actors])
+        if self.retriever is not None:
+            self.retriever.search(["warm-up query"], [""])
+        log.info("actors ready in %.1f s", time.perf_counter() - ready)
+
+    def broadcast(self, policy_dir: Path, version: int, probe_ids: list[int], tolerance: float):
+        """Every scorer and verifier loads pi_version and proves it on the probe against the
+        trainer's own entropies (policy_dir/probe.json); the broadcast's record."""
+        from cluster.weight_sync import broadcast
+
+        expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
+        self._point_to(policy_dir, version)  # first: an actor restarted mid-send loads it too
+        return broadcast(self.transports, policy_dir, version, probe_ids, expected, tolerance)
+
+    def _point_to(self, policy_dir: Path, version: int) -> None:
+        pointer = {"model_dir": str(Path(policy_dir).resolve()), "version": version}
+        write_json_atomic(self.pointer, pointer)
+
+    def busy_seconds(self) -> dict[str, float]:
+        """Seconds each policy actor has spent working since it started (scorer0, verifier0, ..)."""
+        names = [f"scorer{i}" for i in range(len(self.scorers))]
+        names += [f"verifier{i}" for i in range(len(self.verifiers))]
+        busy = ray.get([a.busy_seconds.remote() for a in self.policy_actors])
+        return dict(zip(names, busy, strict=True))
+
+    def close(self) -> None:
+        for transport, _ in self.transports:
+            transport.close()
+        for actor in self.policy_actors:
+            ray.kill(actor)
+        if self.retriever is not None:
+            self.retriever.close()
+        for actor in self.filler_shards:
+            ray.kill(actor)
+        self.transports, self.scorers, self.verifiers, self.retriever = [], [], [], None
+        self.filler_shards, self.fillers = [], None
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

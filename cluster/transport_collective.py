@@ -130,6 +130,7 @@ class WeightSender:
 
 class CollectiveTransport:
     name = "collective"
+    sender_class = WeightSender  # tests inject a failing sender here
 
     def __init__(self, bucket_mb: int, device: str = "cpu"):
         self.bucket_bytes = bucket_mb * 2**20
@@ -138,12 +139,18 @@ class CollectiveTransport:
         self.syncs = 0
 
     def send(self, model_dir: Path, version: int, actors: list) -> None:
+        try:
+            self._send(model_dir, version, actors)
+        except BaseException:
+            self.close()  # a failed sync leaves the sender in a broken group: start afresh
+            raise
+
+    def _send(self, model_dir: Path, version: int, actors: list) -> None:
         if self.sender is None:
             # Fractional GPU: the sender only needs to sit on a GPU of the node, not own one.
             gpus = 0.05 if self.device == "cuda" else 0
-            self.sender = (
-                ray.remote(WeightSender).options(num_cpus=0, num_gpus=gpus).remote(self.device)
-            )
+            sender = ray.remote(self.sender_class).options(num_cpus=0, num_gpus=gpus)
+            self.sender = sender.remote(self.device)
         plan = ray.get(self.sender.prepare.remote(str(model_dir), self.bucket_bytes))
         self.syncs += 1
         world = 1 + len(actors)
@@ -159,7 +166,12 @@ class CollectiveTransport:
             )
             for i, a in enumerate(actors)
         ]
-        ray.get([self.sender.send.remote(spec | {"rank": 0}, plan["buckets"]), *receivers])
+        sent = self.sender.send.remote(spec | {"rank": 0}, plan["buckets"])
+        # Wait for every call, not just the first to fail: a receiver still blocked in this
+        # group would make the retry's call wait behind it. A sender that dies mid-broadcast
+        # closes its sockets, so the receivers fail promptly instead of waiting out TIMEOUT.
+        ray.wait([sent, *receivers], num_returns=1 + len(receivers))
+        ray.get([sent, *receivers])
 
     def close(self) -> None:
         if self.sender is not None:

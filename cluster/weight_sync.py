@@ -91,6 +91,24 @@ def transport_groups(cfg, scorers: list, verifiers: list) -> list[tuple[WeightTr
     return [(scorer_t, scorers), (verifier_t, verifiers)]
 
 
+def _send(transport: WeightTransport, model_dir: Path, version: int, actors: list) -> int:
+    """transport.send, retried once from scratch when a process of the sync died (the sender,
+    or an actor that Ray restarts): every actor loads the whole checkpoint again, and the probe
+    check after it proves the result. A second failure is raised. Returns the retries used."""
+    try:
+        transport.send(model_dir, version, actors)
+        return 0
+    except ray.exceptions.RayError as e:
+        log.warning(
+            "weight sync of version %d over %s failed (%s); retrying once with a new sender",
+            version,
+            transport.name,
+            str(e).splitlines()[0][:200],
+        )
+    transport.send(model_dir, version, actors)
+    return 1
+
+
 def broadcast(
     groups: list[tuple[WeightTransport, list]],
     model_dir: Path,
@@ -101,9 +119,7 @@ def broadcast(
 ) -> dict:
     """Send pi_{version} to every actor group, then check versions and probe entropies."""
     start = time.perf_counter()
-    for transport, actors in groups:
-        if actors:
-            transport.send(model_dir, version, actors)
+    retries = sum(_send(t, model_dir, version, actors) for t, actors in groups if actors)
     seconds = time.perf_counter() - start
     actors = [a for _, group in groups for a in group]
     versions = ray.get([a.policy_version.remote() for a in actors])
@@ -129,4 +145,5 @@ def broadcast(
         "probe_max_diff": max(diffs),
         "transports": [t.name for t, group in groups if group],
         "engine_restarts": sum(restarts),  # vLLM engines restarted (architecture changes)
+        "sync_retries": retries,
     }

@@ -131,3 +131,59 @@ def test_broadcast_refuses_a_wrong_policy(ray_local, test_config, tiny_world, ne
             broadcast([(transport, [actor])], next_policy, 1, probe, wrong, 1e-4)
     finally:
         ray_local.kill(actor)
+
+
+@pytest.mark.timeout(300)
+def test_a_sender_killed_mid_broadcast_is_replaced_and_the_sync_completes(
+    ray_local, test_config, tiny_world, next_policy, tmp_path
+):
+    """Issue 32 item 6: the collective's sender process dies after its first bucket. The
+    receivers' broadcast fails (their peer is gone, not a hang), the sync is retried once with a
+    fresh sender, and every actor then holds pi_1 exactly; a second death is not retried."""
+    import os
+
+    from actors.scorer import create_scorers
+    from cluster.transport_collective import WeightSender, broadcast_buckets, open_group, pack
+
+    died, allowed = tmp_path / "deaths", tmp_path / "allowed"
+    allowed.write_text("1")
+
+    class SenderDying(WeightSender):
+        """Fault injection: dies (the process exits) after broadcasting one bucket, as long as
+        fewer senders have died than the file `allowed` says."""
+
+        def send(self, group_spec, buckets):
+            deaths = len(list(died.glob("*"))) if died.is_dir() else 0
+            if deaths >= int(allowed.read_text()):
+                return super().send(group_spec, buckets)
+            died.mkdir(exist_ok=True)
+            (died / str(os.getpid())).touch()
+            group = open_group(**group_spec, device=self.device)
+            broadcast_buckets(group, [pack(self.state, buckets[0], self.device)])
+            os._exit(1)
+
+    cfg = dataclasses.replace(
+        test_config, screen=dataclasses.replace(test_config.screen, backend="hf")
+    )
+    actors = create_scorers(cfg, tiny_world.model_dir, num=2)
+    try:
+        probe = list(range(3, 120))
+        expected = _probe_reference(next_policy, probe)
+        transport = make_transport("collective", "hf", bucket_mb=1)  # many buckets: dies mid-way
+        transport.sender_class = SenderDying
+        result = broadcast([(transport, actors)], next_policy, 1, probe, expected, 1e-4)
+        assert len(list(died.glob("*"))) == 1  # the fault happened, to one sender
+        assert result["sync_retries"] == 1
+        assert ray_local.get([a.policy_version.remote() for a in actors]) == [1, 1]
+        assert _max_diff(ray_local, actors, next_policy, list(range(400, 700))) <= 1e-4
+        # Two deaths in one sync: the retry dies too, and the broadcast fails with the cause
+        # instead of retrying forever.
+        allowed.write_text("3")
+        pi_0 = tiny_world.model_dir
+        with pytest.raises(Exception, match="(?i)died|exit|actor"):
+            broadcast([(transport, actors)], pi_0, 2, probe, _probe_reference(pi_0, probe), 1e-4)
+        assert len(list(died.glob("*"))) == 3
+        transport.close()
+    finally:
+        for a in actors:
+            ray_local.kill(a)

@@ -19,6 +19,7 @@ import torch
 from actors.backends import make_backend, omp_bind_for
 from pipelines.core.config import Config, ScreenSection
 from pipelines.core.entropy import entropies_at, token_entropies
+from pipelines.core.records import sync_probe_file
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,9 @@ class PolicyHolder:
 
     def prove_policy(self) -> float:
         """A trained policy's checkpoint carries the trainer's entropies of a fixed probe
-        (probe.json): this actor's must match, or it holds the wrong weights and must not
+        (sync_probe.json): this actor's must match, or it holds the wrong weights and must not
         work. The largest difference (0 for the base, which has no probe)."""
-        probe = Path(self.model_dir) / "probe.json"
+        probe = sync_probe_file(Path(self.model_dir))
         if not probe.is_file():
             return 0.0
         expected = json.loads(probe.read_text())

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config, load_config
 from pipelines.core.errors import StageFailed, UserError
 
@@ -121,7 +122,7 @@ def cmd_probe(cfg: Config, args: argparse.Namespace) -> None:
     ]
     out = Path(args.out) if args.out else cfg.run_dir / "probe"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps({"models": results}, indent=2))
+    write_json_atomic(out / "probe.json", {"models": results}, indent=2)
     plot_gains(results, out / "probe.png")
     line = {"out": str(out), "models": results}
     print(json.dumps(line))

@@ -68,9 +68,9 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
     from pipelines.world.build_index import build_index, cached_index_dir
 
     cfg = method_config(one_stage_compare[0], "policylong", 0)
-    pi_1 = tmp_path / "pi_1"  # a copy: its probe.json is altered below
+    pi_1 = tmp_path / "pi_1"  # a copy: its sync_probe.json is altered below
     shutil.copytree(stage_dir(cfg, 0) / "model", pi_1)
-    probe = json.loads((pi_1 / "probe.json").read_text())
+    probe = json.loads((pi_1 / "sync_probe.json").read_text())
     index_dir = cached_index_dir(cfg, tiny_world.corpus_dir, tiny_world.model_dir)
     index = build_index(index_dir, tiny_world.corpus_dir, tiny_world.model_dir, cfg.index)
     with Fleet(cfg, method_spec("policylong"), index.index_dir) as fleet:
@@ -94,7 +94,7 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
         # The proof is real: with the trainer's probe entropies altered (as if the weights on
         # disk were not the trainer's), the next restart refuses to serve instead of coming back.
         altered = {**probe, "entropies": [e + 0.5 for e in probe["entropies"]]}
-        (pi_1 / "probe.json").write_text(json.dumps(altered))
+        (pi_1 / "sync_probe.json").write_text(json.dumps(altered))
         with pytest.raises(ray.exceptions.RayActorError, match="probe entropies differ"):
             restarted(pid)
 

@@ -116,4 +116,4 @@ def test_saved_fsdp2_model_is_the_gathered_full_model(fsdp2_stage, tiny_world):
     initial = AutoModelForCausalLM.from_pretrained(str(tiny_world.model_dir)).state_dict()
     moved = max((saved[k] - initial[k]).abs().max().item() for k in saved)
     assert moved > 1e-3, moved  # it trained: the equality above is not with the base
-    assert (out / "model" / "probe.json").is_file()  # probed on the full model, rank 0 alone
+    assert (out / "model" / "sync_probe.json").is_file()  # probed on the full model, rank 0 alone

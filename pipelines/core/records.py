@@ -10,8 +10,20 @@ They cross Ray actor boundaries (pickled), so they hold plain lists and numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+# A trained checkpoint carries the trainer's entropies of a fixed probe, which every actor that
+# loads it must reproduce (cluster/weight_sync.py). Not the long-copy probe's probe.json.
+SYNC_PROBE_FILE = "sync_probe.json"
+
+
+def sync_probe_file(model_dir: Path) -> Path:
+    """The checkpoint's weight-sync probe; checkpoints written before the rename call it
+    probe.json (a model folder never holds the long-copy probe's file)."""
+    new, legacy = Path(model_dir) / SYNC_PROBE_FILE, Path(model_dir) / "probe.json"
+    return legacy if legacy.is_file() and not new.is_file() else new
 
 
 @dataclass

@@ -4,7 +4,8 @@ Each commit is one Parquet shard named by a hash of (stage, seed doc ids), so th
 lands under the same name. A shard counts only once its completion marker exists; the marker holds
 the commit sequence number that fixes the order training reads in. Rerunning a stage skips
 committed shards (no duplicates); a shard without marker (the process died mid-write) is discarded
-and redone. A stage manifest, written last, says construction of that stage is complete.
+and redone. A construction manifest (samples/manifest.json; not the driver's stage_manifest.json),
+written last, says construction of that stage is complete.
 """
 
 from __future__ import annotations
@@ -106,9 +107,10 @@ class SampleLog:
     def read(self, name: str) -> pa.Table:
         return pq.read_table(self.root / f"{name}.parquet", schema=SAMPLE_SCHEMA)
 
-    # The stage manifest marks construction complete.
+    # The construction manifest marks construction complete (the driver writes the stage
+    # manifest, stage_manifest.json, once the stage has also trained).
     @property
-    def manifest_path(self) -> Path:
+    def construction_manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
     def finish(self, counts: dict) -> None:
@@ -121,7 +123,7 @@ class SampleLog:
             "finished_at": time.time(),
             "counts": counts,
         }
-        write_json_atomic(self.manifest_path, manifest, indent=2)
+        write_json_atomic(self.construction_manifest_path, manifest, indent=2)
 
     # A failed construction says so, so that readers stop waiting for samples that never come.
     @property
@@ -137,7 +139,7 @@ class SampleLog:
         return json.loads(self.failure_path.read_text())["reason"]
 
     def is_finished(self) -> bool:
-        return self.manifest_path.exists()
+        return self.construction_manifest_path.exists()
 
     def manifest(self) -> dict:
-        return json.loads(self.manifest_path.read_text())
+        return json.loads(self.construction_manifest_path.read_text())

@@ -24,6 +24,7 @@ import ray
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config
 from pipelines.core.methods import MethodSpec
+from pipelines.core.records import sync_probe_file
 from pipelines.steps.assemble import FillerPool
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,10 @@ class Fleet:
 
     def broadcast(self, policy_dir: Path, version: int, probe_ids: list[int], tolerance: float):
         """Every scorer and verifier loads pi_version and proves it on the probe against the
-        trainer's own entropies (policy_dir/probe.json); the broadcast's record."""
+        trainer's own entropies (policy_dir/sync_probe.json); the broadcast's record."""
         from cluster.weight_sync import broadcast
 
-        expected = json.loads((policy_dir / "probe.json").read_text())["entropies"]
+        expected = json.loads(sync_probe_file(policy_dir).read_text())["entropies"]
         self._point_to(policy_dir, version)  # first: an actor restarted mid-send loads it too
         return broadcast(self.transports, policy_dir, version, probe_ids, expected, tolerance)
 

@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config, PretrainSection, load_config  # noqa: E402
 
 # Long-copy probe distances, kept where D + span fits the longest stage (and the model).
@@ -263,7 +264,7 @@ def _probe_section(run_dir: Path, stages: list[Path], cfg: Config | None) -> lis
         results.append(
             result | {"name": target["name"], "trained_context": target["trained_context"]}
         )
-    (run_dir / "probe.json").write_text(json.dumps({"models": results}, indent=2))
+    write_json_atomic(run_dir / "probe.json", {"models": results}, indent=2)
     png = plot_gains(results, run_dir / "probe.png", "long-copy probe across checkpoints").name
     context = results[0]["heldout_context"]
     lines = [

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipelines.core.atomic import replaced_atomically
 from pipelines.core.config import ActorGroup, TrainSection
+from pipelines.core.records import SYNC_PROBE_FILE
 from pipelines.core.sample_log import SampleLog
 from pipelines.steps.train_strategy import make_strategy
 
@@ -324,7 +325,7 @@ def _save_hf(policy, spec: StageTrainSpec) -> None:
         if spec.probe_ids:
             tiling = (spec.lm_head_chunk_tokens, spec.lm_head_vocab_tile)
             probe = probe_entropies(policy, spec.probe_ids, tiling)
-            (tmp / "probe.json").write_text(json.dumps(probe))
+            (tmp / SYNC_PROBE_FILE).write_text(json.dumps(probe))
 
 
 @torch.no_grad()

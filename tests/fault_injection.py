@@ -88,12 +88,12 @@ def construction_held_until_trained(monkeypatch, train_dir: Path, stage: int, wa
         return any(f.stat().st_size for f in train_dir.glob("rank*.jsonl"))
 
     def commit(ctx, log, result, room):
-        if ctx.stage == stage and committed[0] >= 2:
+        if ctx.stage.index == stage and committed[0] >= 2:
             deadline = time.monotonic() + wait_s
             while not trained() and time.monotonic() < deadline:
                 time.sleep(0.2)
         n = real(ctx, log, result, room)
-        committed[0] += n if ctx.stage == stage else 0
+        committed[0] += n if ctx.stage.index == stage else 0
         return n
 
     monkeypatch.setattr(construct, "_commit", commit)

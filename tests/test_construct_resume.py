@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.core.records import Stage
 from pipelines.core.sample_log import SampleLog
 from pipelines.driver import construct
 
@@ -41,7 +42,7 @@ def stage_ctx(load_test_profile, tiny_world, ray_local):
         fleet.start(tiny_world.model_dir, 0)
 
         def make(stage_dir: Path) -> construct.StageContext:
-            return construct.StageContext(cfg, 0, 512, 0, stage_dir, fleet, tok)
+            return construct.StageContext(cfg, Stage.of(cfg.stages, 0, 0), stage_dir, fleet, tok)
 
         yield make, seed_share(cfg, docs, 0)[:24], fleet
 

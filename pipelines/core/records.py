@@ -26,6 +26,23 @@ def sync_probe_file(model_dir: Path) -> Path:
     return legacy if legacy.is_file() and not new.is_file() else new
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule, made once by the driver and passed down: its index, the
+    length and RoPE base it trains at, and the policy version its scorers and verifiers hold
+    (k for PolicyLong, 0 for the methods that keep pi_0)."""
+
+    index: int
+    seq_len: int
+    rope_theta: float
+    policy_version: int
+
+    @classmethod
+    def of(cls, stages, k: int, policy_version: int) -> Stage:
+        """Stage k of a StagesSection."""
+        return cls(k, stages.seq_lens[k], stages.rope_thetas[k], policy_version)
+
+
 @dataclass
 class ScreenedDoc:
     doc_id: str

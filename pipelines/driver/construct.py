@@ -36,7 +36,7 @@ from tqdm import tqdm
 from pipelines.core.atomic import replaced_atomically
 from pipelines.core.config import Config
 from pipelines.core.errors import StepFailed, describe, in_step
-from pipelines.core.records import ScreenedDoc, Verdict
+from pipelines.core.records import ScreenedDoc, Stage, Verdict
 from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
 from pipelines.driver.fleet import Fleet
 from pipelines.steps.assemble import Piece, anchors_kept, assemble_sample, document_window
@@ -95,9 +95,7 @@ class StageContext:
     """What one stage's construction works with (the fleet is shared across stages)."""
 
     cfg: Config
-    stage: int
-    seq_len: int
-    policy_version: int  # the version the fleet's policy actors hold
+    stage: Stage
     stage_dir: Path
     fleet: Fleet
     tokenizer: object  # a transformers tokenizer
@@ -133,7 +131,7 @@ def _screen_retrieve_verify(ctx: StageContext, batch_index: int, docs: list[dict
     scorer = fleet.scorers[batch_index % len(fleet.scorers)]
     verifier = fleet.verifiers[batch_index % len(fleet.verifiers)]
     with in_step("screen"):
-        screened = screen_batch(scorer, docs, ctx.tokenizer, ctx.cfg, ctx.policy_version)
+        screened = screen_batch(scorer, docs, ctx.tokenizer, ctx.cfg, ctx.stage.policy_version)
     with in_step("retrieve"):
         cands = candidates_for(fleet.retriever, screened)
     with in_step("verify"):
@@ -152,7 +150,7 @@ def _nextlong_samples(ctx: StageContext, docs: list[dict], counts: StageCounts) 
         with in_step("retrieve"):
             metas, hits, k = meta_chunk_hits(
                 ctx.fleet.retriever, d, ctx.tokenizer,
-                ctx.cfg.assemble.nextlong_meta_chunk_chars, ctx.seq_len,
+                ctx.cfg.assemble.nextlong_meta_chunk_chars, ctx.stage.seq_len,
             )  # fmt: skip
         pieces = [[Piece(c.chunk_id, c.input_ids, "negative", similarity=c.similarity,
                          doc_id=d["doc_id"]) for c in q] for q in hits]  # fmt: skip
@@ -160,7 +158,9 @@ def _nextlong_samples(ctx: StageContext, docs: list[dict], counts: StageCounts) 
         n = sum(len(x) for x in negatives)
         counts.add(documents=1, candidates=n, negatives=n)
         with in_step("assemble"):
-            s = interleave(ctx.stage, d["doc_id"], d["input_ids"], metas, negatives, ctx.seq_len)
+            s = interleave(
+                ctx.stage.index, d["doc_id"], d["input_ids"], metas, negatives, ctx.stage.seq_len
+            )
         if s is None:
             counts.add(skipped_short=1)
         else:
@@ -207,15 +207,15 @@ def _pieces(work: DocWork, label: str) -> list[Piece]:
 
 
 def _sample_seed(ctx: StageContext, doc_id: str) -> int:
-    key = f"{ctx.cfg.run.seed}:{ctx.stage}:{doc_id}"
+    key = f"{ctx.cfg.run.seed}:{ctx.stage.index}:{doc_id}"
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
 def _sample_row(ctx: StageContext, s, positions: list[int]) -> dict:
     return {
         "sample_id": s.sample_id,
-        "stage": ctx.stage,
-        "policy_version": ctx.policy_version,
+        "stage": ctx.stage.index,
+        "policy_version": ctx.stage.policy_version,
         "seed_doc_id": s.seed_doc_id,
         "positions": positions,
         "input_ids": s.input_ids,
@@ -241,7 +241,9 @@ def _entropylong_samples(ctx: StageContext, work: list[DocWork], counts: StageCo
         return []
     eos = document_separator_id(ctx.tokenizer)
     with in_step("assemble"):
-        packed = pack_units(ctx.stage, units, ctx.seq_len, eos, _sample_seed(ctx, units[0].doc_id))
+        packed = pack_units(
+            ctx.stage.index, units, ctx.stage.seq_len, eos, _sample_seed(ctx, units[0].doc_id)
+        )
     counts.add(units_dropped=packed.units_dropped)
     positions = {w.doc["doc_id"]: w.positions for w in work}
     return [_sample_row(ctx, s, positions[s.seed_doc_id]) for s in packed.samples]
@@ -265,8 +267,8 @@ def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | N
     filler = ctx.fleet.fillers.sampler(doc_id)
     with in_step("assemble"):
         s = assemble_sample(
-            ctx.stage, doc_id, work.doc["input_ids"], positives, negatives, filler,
-            ctx.seq_len, document_separator_id(ctx.tokenizer), ctx.cfg.assemble,
+            ctx.stage.index, doc_id, work.doc["input_ids"], positives, negatives, filler,
+            ctx.stage.seq_len, document_separator_id(ctx.tokenizer), ctx.cfg.assemble,
             _sample_seed(ctx, doc_id),
         )  # fmt: skip
     return _sample_row(ctx, s, work.positions)
@@ -291,7 +293,7 @@ def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> Batc
         if w.screened is not None
     ]
     cand_rows = [row for w in work for row in _candidate_rows(ctx, w)]
-    name = shard_name(ctx.stage, [d["doc_id"] for d in docs])
+    name = shard_name(ctx.stage.index, [d["doc_id"] for d in docs])
     return BatchResult(name, samples, screen_rows, cand_rows, counts)
 
 
@@ -326,18 +328,18 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
     on timing: a killed and rerun stage commits exactly what an uninterrupted one would, and the
     trainer, which trains every committed sample once, knows its step count in advance.
     """
-    cfg = ctx.cfg
-    window = document_window(ctx.seq_len, cfg.screen.max_doc_tokens)
+    cfg, k, seq_len = ctx.cfg, ctx.stage.index, ctx.stage.seq_len
+    window = document_window(seq_len, cfg.screen.max_doc_tokens)
     seed_docs = [d | {"input_ids": d["input_ids"][:window]} for d in seed_docs]
     sample_log = SampleLog(ctx.stage_dir / "samples", writer=True)
     done = {c.name: c.rows for c in sample_log.commits()}
     counts = StageCounts()
     size = cfg.screen.batch_docs
     batches = [seed_docs[i : i + size] for i in range(0, len(seed_docs), size)]
-    names = [shard_name(ctx.stage, [d["doc_id"] for d in b]) for b in batches]
+    names = [shard_name(k, [d["doc_id"] for d in b]) for b in batches]
     committed, next_commit, next_submit = 0, 0, 0
     results: dict[int, BatchResult] = {}
-    bar = tqdm(total=budget_samples, desc=f"construct stage {ctx.stage}", unit="sample")
+    bar = tqdm(total=budget_samples, desc=f"construct stage {k}", unit="sample")
     first_commit_at = None
     pool = ThreadPoolExecutor(max_workers=cfg.stages.batches_in_flight)
     pending: dict = {}
@@ -361,7 +363,7 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
                 with in_step("commit"):
                     n = _commit(ctx, sample_log, result, budget_samples - committed)
                 first_commit_at = first_commit_at or time.time()
-                counts.add(**(result.counts.to_dict() | {"samples": n, "tokens": n * ctx.seq_len}))
+                counts.add(**(result.counts.to_dict() | {"samples": n, "tokens": n * seq_len}))
                 committed += n
             bar.update(min(committed, budget_samples) - bar.n)
             next_commit += 1
@@ -376,5 +378,5 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
     sample_log.finish(
         counts.to_dict() | {"samples_committed": committed, "first_commit_at": first_commit_at}
     )
-    log.info("stage %d construction: %s", ctx.stage, counts.to_dict())
+    log.info("stage %d construction: %s", k, counts.to_dict())
     return counts.to_dict()

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import replaced_atomically
 from pipelines.core.config import Config
+from pipelines.core.records import Stage
 from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def _code_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def _rows(cfg: Config, k: int, sdir: Path, tokenizer) -> pa.Table:
+def _rows(cfg: Config, stage: Stage, sdir: Path, tokenizer) -> pa.Table:
     log = SampleLog(sdir / "samples")
     tables = [log.read(c.name) for c in log.commits()]  # commit order = training order
     table = pa.concat_tables(tables) if tables else SAMPLE_SCHEMA.empty_table()
@@ -49,8 +50,8 @@ def _rows(cfg: Config, k: int, sdir: Path, tokenizer) -> pa.Table:
     extra = {
         "text": ([tokenizer.decode(x) for x in table.column("input_ids").to_pylist()], pa.string()),
         "method": ([cfg.stages.method] * n, pa.string()),
-        "seq_len": ([cfg.stages.seq_lens[k]] * n, pa.int32()),
-        "rope_theta": ([cfg.stages.rope_thetas[k]] * n, pa.float64()),
+        "seq_len": ([stage.seq_len] * n, pa.int32()),
+        "rope_theta": ([stage.rope_theta] * n, pa.float64()),
         "n_positives": ([r.count("positive") for r in roles], pa.int32()),
         "n_negatives": ([r.count("negative") for r in roles], pa.int32()),
     }
@@ -59,14 +60,14 @@ def _rows(cfg: Config, k: int, sdir: Path, tokenizer) -> pa.Table:
     return table
 
 
-def _card(cfg: Config, k: int, record: dict, rows: int) -> str:
+def _card(cfg: Config, stage: Stage, record: dict, rows: int) -> str:
     provenance = {
         "run": cfg.run.name,
-        "stage": k,
+        "stage": stage.index,
         "method": cfg.stages.method,
-        "seq_len": cfg.stages.seq_lens[k],
-        "rope_theta": cfg.stages.rope_thetas[k],
-        "policy_version": record["policy_version_used"],
+        "seq_len": stage.seq_len,
+        "rope_theta": stage.rope_theta,
+        "policy_version": stage.policy_version,
         "policy_model": cfg.model.path or cfg.model.gguf or "embedded base (cache_dir/base-*)",
         "trained_after_construction": cfg.stages.train,
         "corpus": cfg.corpus.source,
@@ -85,9 +86,9 @@ def _card(cfg: Config, k: int, record: dict, rows: int) -> str:
         "- config_name: default",
         '  data_files: "data-*.parquet"',
         "---",
-        f"# {cfg.stages.method} data, run '{cfg.run.name}', stage {k}",
+        f"# {cfg.stages.method} data, run '{cfg.run.name}', stage {stage.index}",
         "",
-        f"{rows} samples of exactly {cfg.stages.seq_lens[k]} tokens, built by PolicyLong on Ray: "
+        f"{rows} samples of exactly {stage.seq_len} tokens, built by PolicyLong on Ray: "
         "retrieved chunks first, the seed document last. `segments` gives each part's role "
         "(positive: verified to lower the policy's entropy by r >= tau_pos; negative: retrieved "
         "but r < tau_neg; filler; document), its token span and r.",
@@ -106,13 +107,13 @@ def _card(cfg: Config, k: int, record: dict, rows: int) -> str:
     return "\n".join(lines)
 
 
-def export_stage(cfg: Config, k: int, sdir: Path, tokenizer, record: dict) -> Path:
+def export_stage(cfg: Config, stage: Stage, sdir: Path, tokenizer, record: dict) -> Path:
     """Write stage k's dataset and card under <run dir>/dataset/stage_<k>; its folder."""
-    out = cfg.run_dir / "dataset" / f"stage_{k}"
+    out = cfg.run_dir / "dataset" / f"stage_{stage.index}"
     with replaced_atomically(out) as tmp:
         tmp.mkdir(parents=True)
-        table = _rows(cfg, k, sdir, tokenizer)
+        table = _rows(cfg, stage, sdir, tokenizer)
         if table.num_rows:  # `datasets` cannot read a 0-row Parquet file: the card says 0 samples
             pq.write_table(table, tmp / "data-00000.parquet")
-        (tmp / "README.md").write_text(_card(cfg, k, record, table.num_rows))
+        (tmp / "README.md").write_text(_card(cfg, stage, record, table.num_rows))
     return out

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config, config_to_yaml
 from pipelines.core.errors import StageFailed, StepFailed, UserError, describe, in_step
+from pipelines.core.records import Stage
 from pipelines.driver.export_dataset import export_stage
 
 log = logging.getLogger(__name__)
@@ -167,18 +169,18 @@ def _rerun_hint(sdir: Path) -> str:
     return f"committed samples are kept ({sdir / 'samples'}): fix the cause and rerun to resume"
 
 
-def _train_spec(cfg: Config, k: int, policy: Policy, inputs: RunInputs, budget: int):
+def _train_spec(cfg: Config, stage: Stage, policy: Policy, inputs: RunInputs, budget: int):
     from pipelines.steps.train import StageTrainSpec
 
-    sdir = stage_dir(cfg, k)
+    sdir = stage_dir(cfg, stage.index)
     return StageTrainSpec(
-        stage=k,
+        stage=stage.index,
         init_model_dir=str(policy.model_dir),
         out_model_dir=str((sdir / "model").resolve()),
         sample_log_dir=str((sdir / "samples").resolve()),
         ledger_dir=str((sdir / "train").resolve()),
-        seq_len=cfg.stages.seq_lens[k],
-        rope_theta=cfg.stages.rope_thetas[k],
+        seq_len=stage.seq_len,
+        rope_theta=stage.rope_theta,
         budget_samples=budget,
         train=asdict(cfg.train),
         threads=cfg.resources.torch_threads_per_actor,
@@ -197,7 +199,7 @@ def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> dict:
     construction = threading.Thread(
         target=_construct,
         args=(result, ctx, seed_docs, spec.budget_samples),
-        name=f"construct-stage-{ctx.stage}",
+        name=f"construct-stage-{ctx.stage.index}",
     )
     construction.start()
     try:
@@ -234,15 +236,14 @@ def construct_heldout(ctx, heldout_docs: list[dict], n: int) -> dict:
     measures the loss gap on, out of sample. Nothing trains on them."""
     from pipelines.driver.construct import StageContext
 
-    hctx = StageContext(ctx.cfg, ctx.stage, ctx.seq_len, ctx.policy_version,
-                        ctx.stage_dir / "heldout", ctx.fleet, ctx.tokenizer)  # fmt: skip
+    hctx = StageContext(ctx.cfg, ctx.stage, ctx.stage_dir / "heldout", ctx.fleet, ctx.tokenizer)
     return construct_only(hctx, heldout_docs, n)
 
 
 def _stage_failure(ctx, cause: BaseException) -> Exception:
     """The one line a failed stage ends with. A full disk (or quota) is the user's to fix:
     a UserError (exit code 2); anything else is a StageFailed (exit code 1)."""
-    line = f"stage {ctx.stage} failed in {describe(cause)}; {_rerun_hint(ctx.stage_dir)}"
+    line = f"stage {ctx.stage.index} failed in {describe(cause)}; {_rerun_hint(ctx.stage_dir)}"
     root = getattr(cause, "cause", cause)
     # pyarrow's write errors carry the errno in their text only ("[errno 28] No space ...")
     full = root.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(root, OSError) else False
@@ -252,13 +253,13 @@ def _stage_failure(ctx, cause: BaseException) -> Exception:
     return StageFailed(line)
 
 
-def write_stage_manifest(cfg: Config, k: int, record: dict, started: float) -> dict:
+def write_stage_manifest(cfg: Config, stage: Stage, record: dict, started: float) -> dict:
     """The stage is done once this file exists (resume skips it)."""
-    sdir = stage_dir(cfg, k)
+    sdir = stage_dir(cfg, stage.index)
     manifest = {
-        "stage": k,
-        "seq_len": cfg.stages.seq_lens[k],
-        "rope_theta": cfg.stages.rope_thetas[k],
+        "stage": stage.index,
+        "seq_len": stage.seq_len,
+        "rope_theta": stage.rope_theta,
         "method": cfg.stages.method,
         **record,
         "wall_s": time.time() - started,
@@ -268,7 +269,7 @@ def write_stage_manifest(cfg: Config, k: int, record: dict, started: float) -> d
             for f in sorted((sdir / "train").glob("rank*_busy.json"))
         ],
     }
-    (sdir / "stage_manifest.json").write_text(json.dumps(manifest, indent=2))
+    write_json_atomic(sdir / "stage_manifest.json", manifest, indent=2)
     return manifest
 
 
@@ -278,20 +279,20 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
     from cluster.runtime import check_train_fits
     from pipelines.driver.construct import StageContext
 
-    seq_len, sdir = cfg.stages.seq_lens[k], stage_dir(cfg, k)
+    sdir = stage_dir(cfg, k)
     sdir.mkdir(parents=True, exist_ok=True)
     synced = None
     if fleet.method.on_policy and policy.version > 0:  # every actor holds pi_k before stage k
         tolerance = cfg.stages.probe_tolerance
         synced = fleet.broadcast(policy.model_dir, policy.version, inputs.probe_ids, tolerance)
-    actor_version = policy.version if fleet.method.on_policy else 0
+    stage = Stage.of(cfg.stages, k, policy.version if fleet.method.on_policy else 0)
     log.info(
         "stage %d: seq_len %d, RoPE base %.3g, policy version %d",
-        k, seq_len, cfg.stages.rope_thetas[k], policy.version,
+        k, stage.seq_len, stage.rope_theta, policy.version,
     )  # fmt: skip
-    ctx = StageContext(cfg, k, seq_len, actor_version, sdir, fleet, inputs.tokenizer)
-    budget = max(1, cfg.stages.tokens_per_stage // seq_len)
-    spec = _train_spec(cfg, k, policy, inputs, budget)
+    ctx = StageContext(cfg, stage, sdir, fleet, inputs.tokenizer)
+    budget = max(1, cfg.stages.tokens_per_stage // stage.seq_len)
+    spec = _train_spec(cfg, stage, policy, inputs, budget)
     if cfg.stages.train:
         check_train_fits(cfg)  # before any work: fail fast rather than hang in Ray Train
     started, busy_before = time.time(), fleet.busy_seconds()
@@ -310,14 +311,14 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
         construct_heldout(ctx, inputs.heldout_docs, cfg.eval.heldout_gap_samples)
     busy = fleet.busy_seconds()
     record = {
-        "policy_version_used": actor_version,
+        "policy_version_used": stage.policy_version,
         "model_dir": spec.out_model_dir if cfg.stages.train else None,
         "construction": counts,
         "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
         "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
     }
-    record["dataset"] = str(export_stage(cfg, k, sdir, inputs.tokenizer, record))
-    manifest = write_stage_manifest(cfg, k, record, started)
+    record["dataset"] = str(export_stage(cfg, stage, sdir, inputs.tokenizer, record))
+    manifest = write_stage_manifest(cfg, stage, record, started)
     if not cfg.stages.train:
         return policy, manifest
     return Policy(Path(spec.out_model_dir), k + 1), manifest

@@ -31,12 +31,14 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from entropy_memory import mem_child, mem_peak_mb, naive_entropy  # noqa: E402
+from measure import best_time  # noqa: E402
+
 DTYPES = ("float32", "bfloat16", "float16")
 ARCHS = ("qwen2", "llama")
 SMOKE = dict(
@@ -92,86 +94,12 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _peak_rss_delta_mb(fn) -> float:
-    """Run fn while a thread samples RSS every ms; peak minus the RSS just before, in MB."""
-    import psutil
-
-    proc = psutil.Process()
-    base = proc.memory_info().rss
-    peak, done = [base], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], proc.memory_info().rss)
-            time.sleep(0.001)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    fn()
-    done.set()
-    t.join()
-    peak[0] = max(peak[0], proc.memory_info().rss)
-    return (peak[0] - base) / 2**20
-
-
 def _progress(msg: str) -> None:
     print(f"[bench/entropy] {msg}", file=sys.stderr, flush=True)
 
 
 def _is_cuda(args) -> bool:
     return args.device.startswith("cuda")
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _peak_cuda_delta_mb(fn) -> float:
-    """Run fn; peak CUDA memory allocated during it minus what was allocated before, in MB."""
-    import torch
-
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def _naive_entropy(h, w):
-    """The obvious way: full logits (in float32), log_softmax, p * logp."""
-    import torch
-
-    logp = torch.log_softmax((h @ w.T).float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
-
-
-def _mem_peak_mb(args: argparse.Namespace, mode: str, t: int) -> float:
-    """Peak extra memory of the entropy of t random rows: chunked (the project's) or naive."""
-    import torch
-
-    from pipelines.core.entropy import token_entropies
-
-    dev, dtype = args.device, getattr(torch, args.dtype)
-    g = torch.Generator(device=dev).manual_seed(0)
-    w = (torch.randn(args.vocab, args.hidden, generator=g, device=dev) * 0.02).to(dtype)
-    h = torch.randn(t, args.hidden, generator=g, device=dev).to(dtype)
-    measure = _peak_cuda_delta_mb if _is_cuda(args) else _peak_rss_delta_mb
-    if mode == "chunked":
-        token_entropies(h[:8], w, args.chunk, args.vocab_tile)  # compile outside the measurement
-        return measure(lambda: token_entropies(h, w, args.chunk, args.vocab_tile))
-    return measure(lambda: _naive_entropy(h, w))
-
-
-def _mem_child(args: argparse.Namespace) -> None:
-    import torch
-
-    torch.set_num_threads(args.threads)
-    mode, t = args._mem_child[0], int(args._mem_child[1])
-    print(json.dumps({"peak_mb": round(_mem_peak_mb(args, mode, t), 1)}))
 
 
 def _mem(args, mode: str, t: int) -> float | str:
@@ -182,7 +110,7 @@ def _mem(args, mode: str, t: int) -> float | str:
     import torch
 
     try:
-        return round(_mem_peak_mb(args, mode, t), 1)
+        return round(mem_peak_mb(args, mode, t), 1)
     except torch.OutOfMemoryError:
         return "out of memory"
     finally:
@@ -213,29 +141,16 @@ def _mem_in_subprocess(args, mode: str, t: int) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
 
-def _best_time(fn, repeats: int, device: str = "cpu", warmup: int = 1) -> float:
-    for _ in range(warmup):  # compilation, allocator
-        fn()
-    _sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def _timed(fn, args) -> tuple[float | None, float | None]:
     """Best time and, on CUDA, peak memory allocated (MB, weights included); (None, None) on OOM."""
     import torch
 
     if not _is_cuda(args):
-        return _best_time(fn, args.repeats, warmup=args.warmup), None
+        return best_time(fn, args.repeats, warmup=args.warmup), None
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
-        t = _best_time(fn, args.repeats, args.device, args.warmup)
+        t = best_time(fn, args.repeats, args.device, args.warmup)
     except torch.OutOfMemoryError:
         return None, None
     finally:
@@ -300,7 +215,7 @@ def _naive_head(h, w, args) -> float | str:
     need_gb = 3 * h.shape[0] * args.vocab * 4 / 2**30  # logits, log_softmax, exp
     if need_gb > args.naive_max_gb:
         return f"skipped: needs ~{need_gb:.0f} GB"
-    t, _ = _timed(lambda: _naive_entropy(h, w), args)
+    t, _ = _timed(lambda: naive_entropy(h, w), args)
     return "out of memory" if t is None else round(t, 4)
 
 
@@ -429,7 +344,7 @@ def main() -> None:
     args = _args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args._mem_child:
-        _mem_child(args)
+        mem_child(args)
         return
     lengths = [int(x) for x in args.mem_lengths.split(",") if x]
     result: dict = {}

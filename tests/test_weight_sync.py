@@ -66,6 +66,16 @@ def next_policy(tiny_world, tmp_path_factory):
     return out
 
 
+def _hf_scorers(test_config, model_dir, num: int) -> list:
+    """num scorer actors on HF backends (the tensor transports' receivers) holding model_dir."""
+    from actors.scorer import create_scorers
+
+    cfg = dataclasses.replace(
+        test_config, screen=dataclasses.replace(test_config.screen, backend="hf")
+    )
+    return create_scorers(cfg, model_dir, num=num)
+
+
 def _probe_reference(model_dir, probe: list[int]) -> list[float]:
     from actors.hf_backend import HFBackend
     from pipelines.core.entropy import token_entropies
@@ -84,12 +94,7 @@ def _max_diff(ray_local, actors, model_dir, tokens: list[int]) -> float:
 
 @pytest.mark.parametrize("kind", ["checkpoint_dir", "object_store", "collective"])
 def test_transport_delivers_new_policy(kind, ray_local, test_config, tiny_world, next_policy):
-    from actors.scorer import create_scorers
-
-    cfg = dataclasses.replace(
-        test_config, screen=dataclasses.replace(test_config.screen, backend="hf")
-    )
-    actors = create_scorers(cfg, tiny_world.model_dir, num=2)
+    actors = _hf_scorers(test_config, tiny_world.model_dir, 2)
     try:
         probe = list(range(3, 120))
         expected = _probe_reference(next_policy, probe)
@@ -117,12 +122,7 @@ def test_transport_delivers_new_policy(kind, ray_local, test_config, tiny_world,
 
 def test_broadcast_refuses_a_wrong_policy(ray_local, test_config, tiny_world, next_policy):
     # The probe check must fail when an actor serves other weights than the trainer's.
-    from actors.scorer import create_scorers
-
-    cfg = dataclasses.replace(
-        test_config, screen=dataclasses.replace(test_config.screen, backend="hf")
-    )
-    [actor] = create_scorers(cfg, tiny_world.model_dir, num=1)
+    [actor] = _hf_scorers(test_config, tiny_world.model_dir, 1)
     try:
         probe = list(range(3, 60))
         wrong = _probe_reference(tiny_world.model_dir, probe)  # pi_0's values, not pi_1's
@@ -141,7 +141,6 @@ def test_a_sender_killed_mid_broadcast_is_replaced_and_the_sync_completes(
     fresh sender, and every actor then holds pi_1 exactly; a second death is not retried."""
     import os
 
-    from actors.scorer import create_scorers
     from cluster.transport_collective import WeightSender, broadcast_buckets, open_group, pack
 
     died, allowed = tmp_path / "deaths", tmp_path / "allowed"
@@ -161,10 +160,7 @@ def test_a_sender_killed_mid_broadcast_is_replaced_and_the_sync_completes(
             broadcast_buckets(group, [pack(self.state, buckets[0], self.device)])
             os._exit(1)
 
-    cfg = dataclasses.replace(
-        test_config, screen=dataclasses.replace(test_config.screen, backend="hf")
-    )
-    actors = create_scorers(cfg, tiny_world.model_dir, num=2)
+    actors = _hf_scorers(test_config, tiny_world.model_dir, 2)
     try:
         probe = list(range(3, 120))
         expected = _probe_reference(next_policy, probe)

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import ray
 
 from pipelines.core.errors import UserError
 
@@ -174,7 +173,6 @@ class ShardIndex:
         return out
 
 
-@ray.remote
 class RetrievalShard:
     """Ray actor around ShardIndex; start one per shard with num_cpus=resources.shard.cpus."""
 

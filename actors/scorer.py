@@ -37,17 +37,14 @@ def scorer_spec(cfg: Config, actor_index: int, pointer: str = "") -> PolicySpec:
 
 def create_scorers(
     cfg: Config, model_dir: str | Path, num: int | None = None, version: int = 0, pointer: str = ""
-) -> list:
-    """resources.scorer.count EntropyScorer actors, each with resources.scorer's CPUs/GPUs.
-    A crashed one is restarted (cluster.actor_max_restarts) and its calls retried; it then
-    loads the policy `pointer` names (PolicySpec)."""
-    import ray
+):
+    """resources.scorer.count EntropyScorer actors, each with resources.scorer's CPUs/GPUs, as
+    one ActorGroup (cluster/actor_group.py). A crashed one is restarted
+    (cluster.actor_max_restarts) and its calls retried; it then loads the policy `pointer`
+    names (PolicySpec)."""
+    from cluster.actor_group import ActorGroup
 
-    group, restarts = cfg.resources.scorer, cfg.cluster.actor_max_restarts
-    actor_cls = ray.remote(EntropyScorer).options(
-        num_cpus=group.cpus, num_gpus=group.gpus, resources=group.resources or None,
-        max_restarts=restarts, max_task_retries=restarts,
+    return ActorGroup.create(
+        "scorer", EntropyScorer, cfg.resources.scorer, cfg.cluster.actor_max_restarts,
+        lambda i: (scorer_spec(cfg, i, pointer), str(model_dir), version), count=num,
     )  # fmt: skip
-    n = num if num is not None else group.count
-    specs = [scorer_spec(cfg, i, pointer) for i in range(n)]
-    return [actor_cls.remote(spec, str(model_dir), version) for spec in specs]

@@ -78,19 +78,12 @@ def verifier_spec(cfg: Config, actor_index: int, pointer: str = "") -> PolicySpe
     )
 
 
-def create_verifiers(
-    cfg: Config, model_dir: str | Path, version: int = 0, pointer: str = ""
-) -> list:
-    """resources.verifier.count Verifier actors, each with resources.verifier's CPUs/GPUs,
-    restarted after a crash like the scorers (actors/scorer.py create_scorers)."""
-    import ray
+def create_verifiers(cfg: Config, model_dir: str | Path, version: int = 0, pointer: str = ""):
+    """resources.verifier.count Verifier actors, each with resources.verifier's CPUs/GPUs, as
+    one ActorGroup, restarted after a crash like the scorers (actors/scorer.py create_scorers)."""
+    from cluster.actor_group import ActorGroup
 
-    group, restarts = cfg.resources.verifier, cfg.cluster.actor_max_restarts
-    actor_cls = ray.remote(Verifier).options(
-        num_cpus=group.cpus, num_gpus=group.gpus, resources=group.resources or None,
-        max_restarts=restarts, max_task_retries=restarts,
+    return ActorGroup.create(
+        "verifier", Verifier, cfg.resources.verifier, cfg.cluster.actor_max_restarts,
+        lambda i: (verifier_spec(cfg, i, pointer), cfg.verify, str(model_dir), version),
     )  # fmt: skip
-    return [
-        actor_cls.remote(verifier_spec(cfg, i, pointer), cfg.verify, str(model_dir), version)
-        for i in range(group.count)
-    ]

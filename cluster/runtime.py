@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 
-from pipelines.core.config import ClusterSection, Config
+from pipelines.core.config import ClusterSection
 from pipelines.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -83,39 +83,3 @@ def init_ray(cfg: ClusterSection) -> None:
     # ... and it would say so at WARNING in every run ("Progress bars disabled. To enable...").
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     log.info("ray: %s, resources %s", address or "local", ray.cluster_resources())
-
-
-def check_train_fits(cfg: Config, wait_s: float = 20.0) -> None:
-    """Ray Train waits, silently and forever, for resources a fixed-size cluster never frees.
-    On a local Ray (nothing can scale up) refuse up front with the keys to change; on a joined
-    cluster only log the ask (its autoscaler may add nodes)."""
-    import time
-
-    import ray
-
-    from pipelines.core.errors import UserError
-
-    workers = cfg.resources.trainer
-    need = {"CPU": workers.count * workers.cpus}
-    if workers.gpus:
-        need["GPU"] = workers.count * workers.gpus
-    if cfg.cluster.address or os.environ.get("RAY_ADDRESS"):
-        log.info("Ray Train asks the cluster for %s", need)
-        return
-    deadline = time.monotonic() + wait_s  # the previous stage's workers may still be leaving
-    while True:
-        free = ray.available_resources()
-        short = {k: v for k, v in need.items() if free.get(k, 0.0) + 1e-6 < v}
-        if not short or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    if short:
-        total = ray.cluster_resources()
-        raise UserError(
-            "Ray Train needs "
-            + ", ".join(f"{v:g} {k}" for k, v in need.items())
-            + " but this local Ray has only "
-            + ", ".join(f"{free.get(k, 0.0):g} of {total.get(k, 0.0):g} {k}" for k in short)
-            + " free (scorers, verifiers and retrieval actors hold the rest): lower "
-            "resources.trainer.count or .cpus, or another role's resources.<role>.cpus"
-        )

@@ -95,7 +95,7 @@ def test_screen_doc_uses_the_configured_window(tokenizer):
     cfg = config_from_dict(
         {"screen": {"min_context": 0, "query_before": 2, "query_after": 1, "max_positions": 1}}
     )
-    row = screen_doc("d", ids, entropy, tokenizer, cfg)
+    row = screen_doc("d", ids, entropy, tokenizer, cfg.screen)
     assert row.positions == [anchor]
     assert row.queries == [tokenizer.decode(ids[anchor - 2 : anchor + 2])]
 

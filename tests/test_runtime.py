@@ -1,6 +1,6 @@
 """Work that this fixed-size local Ray could never schedule fails fast with one clear line
-instead of waiting forever: the whole run's actors before any starts, and each stage's Ray Train
-workers before the stage."""
+instead of waiting forever: the whole run's actors, Ray Train's workers included, before any
+starts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 
 import pytest
 
-from cluster.runtime import check_train_fits
 from pipelines.core.config import config_from_dict
 from pipelines.core.errors import UserError
 from pipelines.core.methods import method_spec
@@ -20,40 +19,37 @@ def _cfg(address: str = "", **resources):
 
 
 def test_train_that_cannot_fit_is_refused(ray_local):
+    # Trainers are part of the run's plan (driver/placement.py), checked once before any actor
+    # starts, not polled for per stage.
     too_big = _cfg(trainer={"count": 64, "cpus": 1.0})
-    with pytest.raises(UserError, match="resources.trainer.count") as err:
-        check_train_fits(too_big, wait_s=0)
-    assert "64 CPU" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="lower resources.<role>.count") as err:
+        check_plan_fits(too_big, method_spec("concat"))
+    assert "trainer 64" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_train_that_fits_passes(ray_local):
-    # Exactly the CPUs free now (in halves): it fits, without waiting; a little more than the
-    # whole machine does not (the machine's, not what is free: actors of earlier tests may
-    # still be giving theirs back).
-    free = ray_local.available_resources().get("CPU", 0.0)
+def test_plan_that_fits_the_machine_passes(ray_local):
+    # Every role together exactly the machine's CPUs (in halves) fits; a little more does not.
     total = ray_local.cluster_resources()["CPU"]
-    assert check_train_fits(_cfg(trainer={"count": 2, "cpus": free / 2}), wait_s=0) is None
-    with pytest.raises(UserError, match="resources.trainer.count"):
-        check_train_fits(_cfg(trainer={"count": 2, "cpus": total / 2 + 0.05}), wait_s=0)
+    base = _cfg(shard={"cpus": 0.0}, trainer={"count": 2, "cpus": 0.5})
+    rest = total - sum(p["CPU"] for p in resource_plan(base, method_spec("concat")).values())
+    fits = _cfg(shard={"cpus": 0.0}, trainer={"count": 2, "cpus": 0.5 + rest / 2})
+    assert check_plan_fits(fits, method_spec("concat")) is None
+    over = _cfg(shard={"cpus": 0.0}, trainer={"count": 2, "cpus": 0.5 + rest / 2 + 0.05})
+    with pytest.raises(UserError, match="resources.<role>"):
+        check_plan_fits(over, method_spec("concat"))
 
 
 def test_joined_cluster_is_not_refused(ray_local, caplog):
     # An autoscaling cluster may add nodes: only a local Ray is known to be fixed in size.
     # The ask is logged instead; the same resources on the local Ray are refused.
-    loggers = ("cluster.runtime", "pipelines.driver.placement")
-    for name in loggers:
-        caplog.set_level(logging.INFO, logger=name)
+    caplog.set_level(logging.INFO, logger="pipelines.driver.placement")
     too_big = {"trainer": {"count": 64, "cpus": 1.0}}
     joined = _cfg("auto", **too_big)
-    check_train_fits(joined, wait_s=0)
     check_plan_fits(joined, method_spec("policylong"))
-    asks = [r.getMessage() for r in caplog.records if r.name in loggers]
-    assert "Ray Train asks the cluster for {'CPU': 64.0}" in asks, asks
+    asks = [r.getMessage() for r in caplog.records if r.name == "pipelines.driver.placement"]
     plan = resource_plan(joined, method_spec("policylong")).values()
     need = {k: sum(p[k] for p in plan) for k in ("CPU", "GPU")}
     assert need["CPU"] > 64 and f"the run asks the cluster for {need}" in asks, asks
-    with pytest.raises(UserError, match="resources.trainer.count"):
-        check_train_fits(_cfg("", **too_big), wait_s=0)
     with pytest.raises(UserError, match="lower resources.<role>.count"):
         check_plan_fits(_cfg("", **too_big), method_spec("policylong"))
 

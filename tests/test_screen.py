@@ -79,6 +79,7 @@ def test_screen_documents_writes_parquet(tiny_world, test_config, ray_local, tmp
     from actors.scorer import create_scorers
     from pipelines.steps.screen import screen_documents
     from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
 
     cfg = dataclasses.replace(
         test_config,
@@ -87,7 +88,8 @@ def test_screen_documents_writes_parquet(tiny_world, test_config, ray_local, tmp
     docs = read_docs(tiny_world.corpus_dir, "train").slice(0, 8).select(["doc_id", "text"])
     scorers = create_scorers(cfg, tiny_world.model_dir, num=2)
     out = tmp_path / "screen.parquet"
-    table = screen_documents(cfg, tiny_world.model_dir, docs, scorers, out)
+    tokenizer = load_tokenizer(tiny_world.model_dir)
+    table = screen_documents(cfg.screen, tokenizer, docs, scorers, out)
     assert pq.read_table(out).equals(table)
     assert table["doc_id"].to_pylist() == docs["doc_id"].to_pylist()  # input order kept
     s = cfg.screen

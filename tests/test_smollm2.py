@@ -280,7 +280,7 @@ def test_verifier_on_smollm2_same_scene_chunk_is_positive_unrelated_is_not(
         assert len(scene) >= DOC_START + DOC_TOKENS + CHUNK_TOKENS // 2, name
         ids = scene[DOC_START : DOC_START + DOC_TOKENS]
         h = token_entropies(backend.hidden_states([ids])[0], weight, 1024).numpy()
-        doc = screen_doc(f"{name}#{SCENE}", ids, h, tokenizer, cfg)
+        doc = screen_doc(f"{name}#{SCENE}", ids, h, tokenizer, cfg.screen)
         n_docs += bool(doc.positions)
         other_play = _corpus_docs(tokenizer, VERIFY_PLAYS[(i + 5) % len(VERIFY_PLAYS)])[SCENE + 2]
         cands = []

@@ -17,8 +17,6 @@ import yaml
 from pipelines.core.config_schema import (  # the sections, importable from here as before
     EVAL_TASKS,
     MOVED_KEYS,
-    ActorGroup,
-    ActorShare,
     AssembleSection,
     ClusterSection,
     Config,
@@ -28,8 +26,10 @@ from pipelines.core.config_schema import (  # the sections, importable from here
     ModelSection,
     PretrainSection,
     ResourcesSection,
+    RoleResources,
     RunSection,
     ScreenSection,
+    ShareResources,
     StagesSection,
     TokenizerSection,
     TrainSection,
@@ -39,8 +39,8 @@ from pipelines.core.errors import UserError
 from pipelines.core.methods import METHODS
 
 __all__ = [
-    "ActorGroup",
-    "ActorShare",
+    "RoleResources",
+    "ShareResources",
     "AssembleSection",
     "ClusterSection",
     "Config",

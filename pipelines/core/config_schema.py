@@ -252,7 +252,7 @@ class ClusterSection:
 
 
 @dataclass
-class ActorGroup:
+class RoleResources:
     """A role's actors: how many, and what each one reserves from Ray."""
 
     count: int = field(default=1, metadata=_r(1))
@@ -264,7 +264,7 @@ class ActorGroup:
 
 
 @dataclass
-class ActorShare:
+class ShareResources:
     """What each actor of a role whose count is fixed elsewhere reserves from Ray."""
 
     cpus: float = field(default=0.25, metadata=_r(0.0))
@@ -274,13 +274,14 @@ class ActorShare:
 class ResourcesSection:
     """One block per role; the pre-flight check (cluster/runtime.py) sums them."""
 
-    scorer: ActorGroup = field(default_factory=ActorGroup)  # step 1: policy entropies
-    verifier: ActorGroup = field(default_factory=ActorGroup)  # step 3: policy entropies
-    trainer: ActorGroup = field(default_factory=lambda: ActorGroup(count=2))  # Ray Train workers
-    shard: ActorShare = field(default_factory=ActorShare)  # one per index.num_shards
+    scorer: RoleResources = field(default_factory=RoleResources)  # step 1: policy entropies
+    verifier: RoleResources = field(default_factory=RoleResources)  # step 3: policy entropies
+    # Ray Train's workers
+    trainer: RoleResources = field(default_factory=lambda: RoleResources(count=2))
+    shard: ShareResources = field(default_factory=ShareResources)  # one per index.num_shards
     # the query embedder while constructing (one), and each of the index build's
     # index.embed_actors Ray Data actors
-    embedder: ActorShare = field(default_factory=lambda: ActorShare(cpus=1.0))
+    embedder: ShareResources = field(default_factory=lambda: ShareResources(cpus=1.0))
     torch_threads_per_actor: int = field(default=1, metadata=_r(1))
 
 

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from pipelines.core.atomic import replaced_atomically
 from pipelines.core.config import Config
 from pipelines.core.errors import StepFailed, describe, in_step
-from pipelines.core.records import ScreenedDoc, Stage, Verdict
+from pipelines.core.records import SampleRow, ScreenedDoc, Stage, StageCounts, Verdict
 from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
 from pipelines.driver.fleet import Fleet
 from pipelines.steps.assemble import Piece, anchors_kept, assemble_sample, document_window
@@ -62,32 +62,6 @@ CANDIDATE_SCHEMA = pa.schema(
     ]
 )
 EXAMPLE_CONTEXT_TOKENS = 24  # document tokens shown before the anchor in a positive's example
-
-
-@dataclass
-class StageCounts:
-    documents: int = 0
-    positions: int = 0
-    candidates: int = 0
-    positives: int = 0
-    negatives: int = 0
-    samples: int = 0
-    tokens: int = 0
-    skipped_no_dependency: int = 0
-    skipped_short: int = 0  # NExtLong: synthesised documents shorter than seq_len (dropped)
-    units_dropped: int = 0  # EntropyLong: units left at a batch's end, too few for a sample
-    # positives' anchors in committed samples, and those whose token the sample holds (1.0)
-    anchors: int = 0
-    anchors_in_sample: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, **kw: int) -> None:
-        with self.lock:
-            for k, v in kw.items():
-                setattr(self, k, getattr(self, k) + v)
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "lock"}
 
 
 @dataclass
@@ -119,22 +93,22 @@ class DocWork:
 @dataclass
 class BatchResult:
     name: str
-    samples: list[dict]
+    samples: list[SampleRow]
     screen_rows: list[dict]
     candidate_rows: list[dict]
     counts: StageCounts
 
 
-def _screen_retrieve_verify(ctx: StageContext, batch_index: int, docs: list[dict]) -> list:
-    """Steps 1-3 for a batch: one scorer call, one search, one verifier call."""
+def _screen_retrieve_verify(ctx: StageContext, docs: list[dict]) -> list:
+    """Steps 1-3 for a batch: one call on the least-loaded scorer, one search, one call on the
+    least-loaded verifier (cluster/actor_group.py)."""
     fleet = ctx.fleet
-    scorer = fleet.scorers[batch_index % len(fleet.scorers)]
-    verifier = fleet.verifiers[batch_index % len(fleet.verifiers)]
-    with in_step("screen"):
-        screened = screen_batch(scorer, docs, ctx.tokenizer, ctx.cfg, ctx.stage.policy_version)
+    with in_step("screen"), fleet.scorers.lease() as scorer:
+        version = ctx.stage.policy_version
+        screened = screen_batch(scorer, docs, ctx.tokenizer, ctx.cfg.screen, version)
     with in_step("retrieve"):
         cands = candidates_for(fleet.retriever, screened)
-    with in_step("verify"):
+    with in_step("verify"), fleet.verifiers.lease() as verifier:
         verdicts = ray.get(verifier.verify_many.remote(list(zip(screened, cands, strict=True))))
     return [
         DocWork(d, s, v, {c.chunk_id: c.input_ids for c in cs})
@@ -211,16 +185,11 @@ def _sample_seed(ctx: StageContext, doc_id: str) -> int:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
-def _sample_row(ctx: StageContext, s, positions: list[int]) -> dict:
-    return {
-        "sample_id": s.sample_id,
-        "stage": ctx.stage.index,
-        "policy_version": ctx.stage.policy_version,
-        "seed_doc_id": s.seed_doc_id,
-        "positions": positions,
-        "input_ids": s.input_ids,
-        "segments": s.segments,
-    }
+def _sample_row(ctx: StageContext, s, positions: list[int]) -> SampleRow:
+    return SampleRow(
+        s.sample_id, ctx.stage.index, ctx.stage.policy_version, s.seed_doc_id, positions,
+        s.input_ids, s.segments,
+    )  # fmt: skip
 
 
 def _entropylong_samples(ctx: StageContext, work: list[DocWork], counts: StageCounts) -> list:
@@ -249,7 +218,7 @@ def _entropylong_samples(ctx: StageContext, work: list[DocWork], counts: StageCo
     return [_sample_row(ctx, s, positions[s.seed_doc_id]) for s in packed.samples]
 
 
-def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | None:
+def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> SampleRow | None:
     """Step 4 for one document: its sample row, or None when it has no verified dependency."""
     positives, negatives = _pieces(work, "positive"), _pieces(work, "negative")
     negatives.sort(key=lambda p: -p.similarity)  # the most similar are the hardest
@@ -274,13 +243,13 @@ def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> dict | N
     return _sample_row(ctx, s, work.positions)
 
 
-def process_batch(ctx: StageContext, batch_index: int, docs: list[dict]) -> BatchResult:
+def process_batch(ctx: StageContext, docs: list[dict]) -> BatchResult:
     """One batch of seed documents through the method's steps, up to (not including) commit."""
     method = ctx.fleet.method
     counts = StageCounts()  # added to the stage's counts only if this batch is committed
     work = [DocWork(d) for d in docs]
     if method.candidates == "verified":
-        work = _screen_retrieve_verify(ctx, batch_index, docs)
+        work = _screen_retrieve_verify(ctx, docs)
     if method.layout == "interleaved":
         samples = _nextlong_samples(ctx, docs, counts)
     elif method.layout == "units":
@@ -310,17 +279,18 @@ def _commit(ctx: StageContext, log: SampleLog, result: BatchResult, room: int) -
     """Commit one batch (its first `room` samples): details first, then the marked shard."""
     samples = result.samples[:room]
     for s in samples:
-        total, kept = anchors_kept(s["segments"])
+        total, kept = anchors_kept(s.segments)
         result.counts.add(anchors=total, anchors_in_sample=kept)
     _write_side_table(ctx.stage_dir / "screen", result.name, result.screen_rows)
     _write_side_table(
         ctx.stage_dir / "candidates", result.name, result.candidate_rows, CANDIDATE_SCHEMA
     )
-    log.commit(result.name, pa.Table.from_pylist(samples, schema=SAMPLE_SCHEMA))
+    rows = [s.to_row() for s in samples]
+    log.commit(result.name, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
     return len(samples)
 
 
-def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: int) -> dict:
+def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: int) -> StageCounts:
     """Build the stage's samples until the budget is met or the seed documents run out.
 
     Batches are processed concurrently but committed strictly in batch order, and the batch that
@@ -350,7 +320,7 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
             # Keep batches in flight ahead of the commit point (committed ones are skipped).
             while next_submit < len(batches) and len(pending) < cfg.stages.batches_in_flight:
                 if names[next_submit] not in done:
-                    fut = pool.submit(process_batch, ctx, next_submit, batches[next_submit])
+                    fut = pool.submit(process_batch, ctx, batches[next_submit])
                     pending[fut] = next_submit
                 next_submit += 1
             if names[next_commit] in done:
@@ -363,7 +333,8 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
                 with in_step("commit"):
                     n = _commit(ctx, sample_log, result, budget_samples - committed)
                 first_commit_at = first_commit_at or time.time()
-                counts.add(**(result.counts.to_dict() | {"samples": n, "tokens": n * seq_len}))
+                counts.merge(result.counts)
+                counts.add(samples=n, tokens=n * seq_len)
                 committed += n
             bar.update(min(committed, budget_samples) - bar.n)
             next_commit += 1
@@ -375,8 +346,6 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
         # them; they commit nothing (only this loop commits).
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
-    sample_log.finish(
-        counts.to_dict() | {"samples_committed": committed, "first_commit_at": first_commit_at}
-    )
+    sample_log.finish(counts, committed, first_commit_at)
     log.info("stage %d construction: %s", k, counts.to_dict())
-    return counts.to_dict()
+    return counts

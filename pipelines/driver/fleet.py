@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ray
 
+from cluster.actor_group import ActorGroup
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config
 from pipelines.core.methods import MethodSpec
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 class Fleet:
     def __init__(self, cfg: Config, method: MethodSpec, index_dir: Path):
         self.cfg, self.method = cfg, method
-        self.scorers: list = []
-        self.verifiers: list = []
+        self.scorers = ActorGroup("scorer", [])  # cluster/actor_group.py
+        self.verifiers = ActorGroup("verifier", [])
         self.transports: list = []  # (WeightTransport, actors) pairs
         self.retriever = None  # pipelines.steps.retrieve.Retriever, for methods that retrieve
         self.filler_shards: list = []  # shard actors of a method that does not retrieve
@@ -44,18 +45,22 @@ class Fleet:
         self.pointer = (cfg.run_dir / "fleet_policy.json").resolve()
 
     def start(self, policy_dir: Path, version: int) -> Fleet:
-        """Create every worker the method needs, the policy actors holding pi_version."""
+        """Create every worker the method needs, the policy actors holding pi_version, once the
+        whole plan (trainers included) is known to fit (driver/placement.py): one clear line
+        instead of actors, or later Ray Train, waiting forever for resources."""
         from actors.scorer import create_scorers
         from actors.verifier import create_verifiers
         from cluster.weight_sync import transport_groups
+        from pipelines.driver.placement import check_plan_fits
         from pipelines.steps.retrieve import Retriever, shards_from_config
 
+        check_plan_fits(self.cfg, self.method)
         if self.method.screens:
             self._point_to(policy_dir, version)
             pointer = str(self.pointer)
             self.scorers = create_scorers(self.cfg, policy_dir, version=version, pointer=pointer)
             self.verifiers = create_verifiers(self.cfg, policy_dir, version, pointer)
-            self.transports = transport_groups(self.cfg, self.scorers, self.verifiers)
+            self.transports = transport_groups(self.cfg, self.scorers.actors, self.verifiers.actors)
         if self.method.retrieves:
             self.retriever = Retriever.from_config(self.cfg, self.index_dir)
             shards, sizes = self.retriever.shards, self.retriever.sizes
@@ -67,7 +72,7 @@ class Fleet:
 
     @property
     def policy_actors(self) -> list:
-        return self.scorers + self.verifiers
+        return self.scorers.actors + self.verifiers.actors
 
     def warmup(self) -> None:
         ready = time.perf_counter()
@@ -99,13 +104,13 @@ class Fleet:
     def close(self) -> None:
         for transport, _ in self.transports:
             transport.close()
-        for actor in self.policy_actors:
-            ray.kill(actor)
+        self.scorers.shutdown()
+        self.verifiers.shutdown()
         if self.retriever is not None:
             self.retriever.close()
-        for actor in self.filler_shards:
-            ray.kill(actor)
-        self.transports, self.scorers, self.verifiers, self.retriever = [], [], [], None
+        if self.filler_shards:
+            self.filler_shards.shutdown()
+        self.transports, self.retriever = [], None
         self.filler_shards, self.fillers = [], None
 
     def __enter__(self) -> Fleet:

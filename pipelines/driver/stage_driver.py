@@ -28,7 +28,7 @@ import numpy as np
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config, config_to_yaml
 from pipelines.core.errors import StageFailed, StepFailed, UserError, describe, in_step
-from pipelines.core.records import Stage
+from pipelines.core.records import Stage, StageCounts
 from pipelines.driver.export_dataset import export_stage
 
 log = logging.getLogger(__name__)
@@ -155,14 +155,22 @@ def check_checkpoint(model_dir: Path, k: int, sdir: Path) -> None:
             )
 
 
-def _construct(out: dict, ctx, seed_docs: list[dict], budget: int) -> None:
+@dataclass
+class ConstructionOutcome:
+    """How the construction thread ended: its counts, or the error that ended it."""
+
+    counts: StageCounts | None = None
+    error: Exception | None = None
+
+
+def _construct(out: ConstructionOutcome, ctx, seed_docs: list[dict], budget: int) -> None:
     """The construction thread: its counts, or the error that ended it, land in `out`."""
     from pipelines.driver.construct import construct_stage
 
     try:
-        out.update(construct_stage(ctx, seed_docs, budget))
+        out.counts = construct_stage(ctx, seed_docs, budget)
     except Exception as e:  # the driver reports it; a thread's exception would only be printed
-        out["error"] = e
+        out.error = e
 
 
 def _rerun_hint(sdir: Path) -> str:
@@ -190,12 +198,12 @@ def _train_spec(cfg: Config, stage: Stage, policy: Policy, inputs: RunInputs, bu
     )
 
 
-def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> dict:
+def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> StageCounts:
     """Construction in a background thread while Ray Train trains on its log; construction's
     counts. Either side failing fails the stage with the first cause, the other stopped."""
     from pipelines.steps.train import train_stage
 
-    result: dict = {}
+    result = ConstructionOutcome()
     construction = threading.Thread(
         target=_construct,
         args=(result, ctx, seed_docs, spec.budget_samples),
@@ -208,19 +216,19 @@ def construct_and_train(cfg: Config, ctx, seed_docs: list[dict], spec) -> dict:
     except StepFailed as train_error:
         ctx.stop.set()  # construction must not go on for a stage that cannot finish
         construction.join()
-        cause = result.get("error") or train_error  # the trainer stopped because of it
+        cause = result.error or train_error  # the trainer stopped because of it
         raise _stage_failure(ctx, cause) from None
     except KeyboardInterrupt:  # Ctrl-C: stop constructing, keep what is committed
         ctx.stop.set()
         construction.join()
         raise
     construction.join()
-    if "error" in result:
-        raise _stage_failure(ctx, result["error"])
-    return result
+    if result.error is not None:
+        raise _stage_failure(ctx, result.error)
+    return result.counts
 
 
-def construct_only(ctx, seed_docs: list[dict], budget: int) -> dict:
+def construct_only(ctx, seed_docs: list[dict], budget: int) -> StageCounts:
     """Construction alone (stages.train false); a failure ends the stage as in training."""
     from pipelines.driver.construct import construct_stage
 
@@ -230,7 +238,7 @@ def construct_only(ctx, seed_docs: list[dict], budget: int) -> dict:
         raise _stage_failure(ctx, e) from None
 
 
-def construct_heldout(ctx, heldout_docs: list[dict], n: int) -> dict:
+def construct_heldout(ctx, heldout_docs: list[dict], n: int) -> StageCounts:
     """Up to n samples from held-out documents, built by the stage's own construction with the
     policy its actors hold now (pi_k for PolicyLong), into <stage>/heldout/: what the compare
     measures the loss gap on, out of sample. Nothing trains on them."""
@@ -276,7 +284,6 @@ def write_stage_manifest(cfg: Config, stage: Stage, record: dict, started: float
 def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> tuple:
     """Stage k: construct its data with the fleet's policy while training pi_k on it.
     (pi_{k+1}, the stage manifest)."""
-    from cluster.runtime import check_train_fits
     from pipelines.driver.construct import StageContext
 
     sdir = stage_dir(cfg, k)
@@ -293,19 +300,17 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
     ctx = StageContext(cfg, stage, sdir, fleet, inputs.tokenizer)
     budget = max(1, cfg.stages.tokens_per_stage // stage.seq_len)
     spec = _train_spec(cfg, stage, policy, inputs, budget)
-    if cfg.stages.train:
-        check_train_fits(cfg)  # before any work: fail fast rather than hang in Ray Train
     started, busy_before = time.time(), fleet.busy_seconds()
     seeds = seed_share(cfg, inputs.docs, k)
     if cfg.stages.train:
         counts = construct_and_train(cfg, ctx, seeds, spec)
     else:
         counts = construct_only(ctx, seeds, budget)
-    if not counts.get("samples"):
+    if not counts.samples:
         untrained = f"pi_{k + 1} = pi_{k} untrained; " if cfg.stages.train else ""
         log.warning(
             "stage %d committed no samples (%s): %slower verify.tau_pos or raise "
-            "stages.seed_docs_per_stage", k, counts, untrained,
+            "stages.seed_docs_per_stage", k, counts.to_dict(), untrained,
         )  # fmt: skip
     if cfg.eval.heldout_gap_samples:
         construct_heldout(ctx, inputs.heldout_docs, cfg.eval.heldout_gap_samples)
@@ -313,7 +318,7 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
     record = {
         "policy_version_used": stage.policy_version,
         "model_dir": spec.out_model_dir if cfg.stages.train else None,
-        "construction": counts,
+        "construction": counts.to_dict(),
         "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
         "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
     }
@@ -328,7 +333,6 @@ def run_policylong(cfg: Config) -> dict:
     """The algorithm box (module docstring): every stage from the resume point, then the report."""
     from pipelines.core.methods import method_spec
     from pipelines.driver.fleet import Fleet
-    from pipelines.driver.placement import check_plan_fits
     from pipelines.driver.report import write_report
 
     inputs = prepare_inputs(cfg)
@@ -341,7 +345,6 @@ def run_policylong(cfg: Config) -> dict:
         report = write_report(cfg.run_dir)
         return {"stages": n_stages, "new_work": False, "report": str(report)}
     method = method_spec(cfg.stages.method)
-    check_plan_fits(cfg, method)  # before any actor starts: one line, not a hang
     # Off-policy methods keep pi_0 in their actors whatever stage they resume at.
     actor_policy = policy if method.on_policy else Policy(Path(inputs.world.model_dir).resolve(), 0)
     broadcasts = []

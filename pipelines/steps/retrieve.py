@@ -21,7 +21,7 @@ import numpy as np
 import ray
 
 from actors.embedder import embedder_threads
-from pipelines.core.config import Config, IndexSection
+from pipelines.core.config import Config, IndexSection, RoleResources
 from pipelines.core.errors import UserError
 from pipelines.core.index_format import verify_index
 from pipelines.core.records import Candidate, ScreenedDoc
@@ -139,9 +139,9 @@ class Retriever:
         return out  # type: ignore[return-value]
 
     def close(self) -> None:
-        for actor in self.shards + ([self.embedder] if self._owns_embedder else []):
-            ray.kill(actor)
-        self.shards = []
+        self.shards.shutdown()
+        if self._owns_embedder:
+            ray.kill(self.embedder)
 
 
 def start_shards(
@@ -154,14 +154,14 @@ def start_shards(
 ) -> tuple[list, list[int]]:
     """One RetrievalShard actor per shard, loaded and ready: (actors, their sizes)."""
     from actors.retrieval_shard import RetrievalShard
+    from cluster.actor_group import ActorGroup
 
-    shards = [
-        # A crashed shard reloads from disk; the calls in flight are retried.
-        RetrievalShard.options(
-            num_cpus=cpus_per_shard, max_restarts=restarts, max_task_retries=restarts
-        ).remote(str(index_dir), s, cfg.nprobe, shard_threads, cfg.rerank_factor)
-        for s in range(num_shards)
-    ]
+    # A crashed shard reloads from disk; the calls in flight are retried. Shard s holds its
+    # own part of the index, so the group is fanned out to, never leased from.
+    shards = ActorGroup.create(
+        "shard", RetrievalShard, RoleResources(count=num_shards, cpus=cpus_per_shard), restarts,
+        lambda s: (str(index_dir), s, cfg.nprobe, shard_threads, cfg.rerank_factor),
+    )  # fmt: skip
     return shards, Retriever._get([a.ready.remote() for a in shards])
 
 

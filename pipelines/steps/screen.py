@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines.core.atomic import replaced_atomically
-from pipelines.core.config import Config
+from pipelines.core.config import Config, ScreenSection
 from pipelines.core.records import ScreenedDoc
 
 log = logging.getLogger(__name__)
@@ -93,10 +93,14 @@ def query_text(tokenizer, ids: list[int], pos: int, before: int, after: int) -> 
 
 
 def screen_doc(
-    doc_id: str, ids: list[int], entropy: np.ndarray, tokenizer, cfg: Config, version: int = 0
+    doc_id: str,
+    ids: list[int],
+    entropy: np.ndarray,
+    tokenizer,
+    s: ScreenSection,
+    version: int = 0,
 ) -> ScreenedDoc:
     """One document's screening from its entropies: statistics, positions, their queries."""
-    s = cfg.screen
     mu, sigma, threshold = entropy_threshold(entropy, s.alpha)
     positions = select_positions(entropy, s.alpha, s.max_positions, s.min_gap, s.min_context)
     return ScreenedDoc(
@@ -114,21 +118,23 @@ def screen_doc(
 
 
 def screen_scored(
-    docs: list[dict], scored: list[dict], tokenizer, cfg: Config, version: int
+    docs: list[dict], scored: list[dict], tokenizer, screen: ScreenSection, version: int
 ) -> list[ScreenedDoc]:
     """screen_doc for every document of a batch a scorer returned entropies for."""
     return [
-        screen_doc(d["doc_id"], d["input_ids"], s["entropy"], tokenizer, cfg, version)
+        screen_doc(d["doc_id"], d["input_ids"], s["entropy"], tokenizer, screen, version)
         for d, s in zip(docs, scored, strict=True)
     ]
 
 
-def screen_batch(scorer, docs: list[dict], tokenizer, cfg: Config, version: int) -> list:
+def screen_batch(
+    scorer, docs: list[dict], tokenizer, screen: ScreenSection, version: int
+) -> list[ScreenedDoc]:
     """Step 1 for one batch of seed documents: exact entropies on a scorer actor (pi_version),
     then the positions and queries here. The one screening path (construction and `screen`)."""
     import ray
 
-    return screen_scored(docs, ray.get(scorer.score.remote(docs)), tokenizer, cfg, version)
+    return screen_scored(docs, ray.get(scorer.score.remote(docs)), tokenizer, screen, version)
 
 
 def tokenize_docs(tokenizer, docs: pa.Table, max_doc_tokens: int) -> list[dict]:
@@ -142,29 +148,26 @@ def tokenize_docs(tokenizer, docs: pa.Table, max_doc_tokens: int) -> list[dict]:
 
 
 def screen_documents(
-    cfg: Config,
-    model_dir: str | Path,
+    screen: ScreenSection,
+    tokenizer,
     docs_table: pa.Table,
-    scorers: list,
+    scorers,
     out_path: str | Path | None = None,
 ) -> pa.Table:
     """Screen every document of docs_table (doc_id, text) on a pool of EntropyScorer actors."""
     from ray.util import ActorPool
 
-    from pipelines.world.tokenizer import load_tokenizer
-
-    if not scorers:
+    if not len(scorers):
         raise ValueError("screen_documents needs at least one EntropyScorer actor")
-    tokenizer = load_tokenizer(cfg.tokenizer.path or model_dir)
-    docs = tokenize_docs(tokenizer, docs_table, cfg.screen.max_doc_tokens)
-    size = cfg.screen.batch_docs
+    docs = tokenize_docs(tokenizer, docs_table, screen.max_doc_tokens)
+    size = screen.batch_docs
     batches = [docs[i : i + size] for i in range(0, len(docs), size)]
-    pool = ActorPool(scorers)
+    pool = ActorPool(list(scorers))
     rows: list[dict] = []
     results = pool.map(lambda actor, batch: actor.score.remote(batch), batches)  # in order
     bar = tqdm(zip(batches, results, strict=True), total=len(batches), desc="screen", unit="batch")
     for batch, scored in bar:
-        rows.extend(d.table_row() for d in screen_scored(batch, scored, tokenizer, cfg, 0))
+        rows.extend(d.table_row() for d in screen_scored(batch, scored, tokenizer, screen, 0))
     table = pa.Table.from_pylist(rows, schema=SCREEN_SCHEMA)
     if out_path is not None:
         with replaced_atomically(Path(out_path)) as tmp:
@@ -179,6 +182,7 @@ def cmd_screen(cfg: Config, args) -> None:
     from actors.scorer import create_scorers
     from cluster.runtime import init_ray
     from pipelines.world.ingest import read_docs
+    from pipelines.world.tokenizer import load_tokenizer
     from pipelines.world.world import ensure_world
 
     init_ray(cfg.cluster)
@@ -186,6 +190,10 @@ def cmd_screen(cfg: Config, args) -> None:
     docs = read_docs(world.corpus_dir, "train").select(["doc_id", "text"])
     scorers = create_scorers(cfg, world.model_dir)
     out = cfg.run_dir / "screen" / "policy_v0.parquet"
-    table = screen_documents(cfg, world.model_dir, docs, scorers, out)
+    tokenizer = load_tokenizer(cfg.tokenizer.path or world.model_dir)
+    try:
+        table = screen_documents(cfg.screen, tokenizer, docs, scorers, out)
+    finally:
+        scorers.shutdown()
     n_pos = sum(len(p) for p in table["positions"].to_pylist())
     print(f"screened {table.num_rows} documents, {n_pos} positions -> {out}")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from pipelines.core.atomic import replaced_atomically
-from pipelines.core.config import ActorGroup, TrainSection
+from pipelines.core.config import RoleResources, TrainSection
 from pipelines.core.records import SYNC_PROBE_FILE
 from pipelines.core.sample_log import SampleLog
 from pipelines.steps.train_strategy import make_strategy
@@ -341,7 +341,7 @@ def probe_entropies(policy, probe_ids: list[int], tiling: tuple[int, int]) -> di
     return {"probe_ids": probe_ids, "entropies": ent.tolist()}
 
 
-def train_stage(spec: StageTrainSpec, workers: ActorGroup):
+def train_stage(spec: StageTrainSpec, workers: RoleResources):
     """Run one stage's TorchTrainer on `workers` (resources.trainer); rerunning with the same
     name resumes from its checkpoint."""
     from ray.train import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipelines.core.records import StageCounts
 from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog, shard_name
 
 
@@ -52,9 +53,10 @@ def test_manifest_marks_the_stage_finished(tmp_path):
     log = SampleLog(tmp_path, writer=True)
     log.commit(shard_name(0, ["a"]), _table(["a", "b"]))
     assert not log.is_finished()
-    log.finish({"documents": 2})
+    log.finish(StageCounts(documents=2, samples=2), samples_committed=2, first_commit_at=1.0)
     m = log.manifest()
     assert m["complete"] and m["samples"] == 2 and m["tokens"] == 6
+    assert m["counts"]["documents"] == 2 and m["counts"]["samples_committed"] == 2
 
 
 def test_stream_reads_in_commit_order_and_keeps_only_shards_in_use(tmp_path):
@@ -64,7 +66,7 @@ def test_stream_reads_in_commit_order_and_keeps_only_shards_in_use(tmp_path):
     names = [shard_name(0, [f"d{i}"]) for i in range(3)]
     for i, name in enumerate(names):
         log.commit(name, _table([f"s{i}a", f"s{i}b"]))
-    log.finish({})
+    log.finish(StageCounts(), 6, None)
     stream = SampleStream(tmp_path, budget=5, poll_s=0.01)
     assert stream.wait_for(10) == 5  # capped at the budget
     got = []

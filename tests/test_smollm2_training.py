@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from pipelines.core.records import StageCounts
 from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog
 
 pytestmark = pytest.mark.slow
@@ -39,7 +40,7 @@ def _sample_log(path, tokenizer, texts: list[str]) -> list[list[int]]:
         for i, x in enumerate(ids)
     ]
     log.commit("shard-0", pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
-    log.finish({"samples": len(rows)})
+    log.finish(StageCounts(samples=len(rows)), len(rows), None)
     return ids
 
 

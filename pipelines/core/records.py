@@ -3,13 +3,16 @@
     screen   -> ScreenedDoc   a seed document, its entropies, the chosen positions and queries
     retrieve -> Candidate     one retrieved chunk for one document, with the positions it serves
     verify   -> Verdict       the chunk's entropy reduction r there, and its label
+    assemble -> SampleRow     one training sample, as the sample log stores it
+    commit   -> StageCounts   what a stage's construction did (to the sample log's manifest)
 
 They cross Ray actor boundaries (pickled), so they hold plain lists and numbers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +90,51 @@ class Verdict:
     label: str  # "positive" | "negative" | "discarded"
     positions: list[int]
     entropies_with: list[float] = field(default_factory=list)
+
+
+@dataclass
+class SampleRow:
+    """One assembled sample: a row of the sample log (core/sample_log.py SAMPLE_SCHEMA)."""
+
+    sample_id: str
+    stage: int
+    policy_version: int
+    seed_doc_id: str
+    positions: list[int]  # the anchors screening chose in the seed document
+    input_ids: list[int]
+    segments: list[dict]  # {kind, start, length, ...} spans of input_ids (assemble.py)
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StageCounts:
+    """What one stage's construction did, summed over its committed batches. Batches add to it
+    from several threads, hence the lock."""
+
+    documents: int = 0
+    positions: int = 0
+    candidates: int = 0
+    positives: int = 0
+    negatives: int = 0
+    samples: int = 0
+    tokens: int = 0
+    skipped_no_dependency: int = 0
+    skipped_short: int = 0  # NExtLong: synthesised documents shorter than seq_len (dropped)
+    units_dropped: int = 0  # EntropyLong: units left at a batch's end, too few for a sample
+    # positives' anchors in committed samples, and those whose token the sample holds (1.0)
+    anchors: int = 0
+    anchors_in_sample: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def merge(self, other: StageCounts) -> None:
+        self.add(**other.to_dict())
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lock"}

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.atomic import write_json_atomic
+from pipelines.core.records import StageCounts
 
 SEGMENT = pa.struct(
     [
@@ -113,7 +114,10 @@ class SampleLog:
     def construction_manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
-    def finish(self, counts: dict) -> None:
+    def finish(
+        self, counts: StageCounts, samples_committed: int, first_commit_at: float | None
+    ) -> None:
+        """Construction is over: the shards, their totals and what construction did."""
         commits = self.commits()
         manifest = {
             "complete": True,
@@ -121,7 +125,8 @@ class SampleLog:
             "samples": sum(c.rows for c in commits),
             "tokens": sum(c.tokens for c in commits),
             "finished_at": time.time(),
-            "counts": counts,
+            "counts": counts.to_dict()
+            | {"samples_committed": samples_committed, "first_commit_at": first_commit_at},
         }
         write_json_atomic(self.construction_manifest_path, manifest, indent=2)
 

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config, load_config
 from pipelines.core.errors import StageFailed, UserError
 
@@ -99,93 +98,24 @@ def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_probe(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.eval.probe import check_distances, plot_gains, probe_model
+    from pipelines.driver.evaluate_models import probe_models
 
     distances = _distances(args.distances)
     if args.samples < 2:
         raise UserError(f"--samples {args.samples}: use at least 2 (the gain's standard error)")
-    for model_dir in args.model:
-        check_distances(distances, model_dir)  # before any loading: one line, exit code 2
-    corpus_dir = _corpus_dir(cfg)
-    results = [
-        probe_model(
-            model_dir,
-            corpus_dir,
-            distances,
-            tokenizer_dir=cfg.tokenizer.path or None,
-            samples=args.samples,
-            seed=args.seed,
-            heldout_context=cfg.pretrain.seq_len,
-            heldout_tokens=cfg.pretrain.eval_tokens,
-        )
-        for model_dir in args.model
-    ]
     out = Path(args.out) if args.out else cfg.run_dir / "probe"
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "probe.json", {"models": results}, indent=2)
-    plot_gains(results, out / "probe.png")
-    line = {"out": str(out), "models": results}
-    print(json.dumps(line))
-
-
-def _corpus_dir(cfg: Config) -> Path:
-    """The run's ingested corpus (ingested now when the run has none yet)."""
-    corpus_dir = cfg.run_dir / "corpus"
-    if (corpus_dir / "manifest.json").is_file():
-        return corpus_dir
-    from cluster.runtime import init_ray
-    from pipelines.world.world import ensure_corpus
-
-    init_ray(cfg.cluster)
-    return ensure_corpus(cfg)
+    print(json.dumps(probe_models(cfg, args.model, distances, args.samples, args.seed, out)))
 
 
 def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.eval.evaluate import evaluate_model
+    from pipelines.driver.evaluate_models import evaluate_models, harness_models
     from pipelines.eval.probe import max_positions
 
     for model_dir in args.model:
         max_positions(model_dir)  # an HF model directory, else one line before any work
     out = Path(args.out) if args.out else cfg.run_dir / "eval"
-    if args.harness == "lm-eval":
-        return _harness_eval(cfg, args, out)
-    corpus_dir = _corpus_dir(cfg)
-    results = {}
-    for model_dir in args.model:
-        target = _eval_target(out, model_dir, len(args.model))
-        results[str(model_dir)] = evaluate_model(
-            model_dir,
-            corpus_dir,
-            cfg.eval,
-            target,
-            tokenizer_dir=cfg.tokenizer.path or None,
-            heldout_context=cfg.pretrain.seq_len,
-            heldout_tokens=cfg.pretrain.eval_tokens,
-        )
-    line = {
-        m: {"average": r["average"], "heldout_ppl": r["heldout_ppl"]} for m, r in results.items()
-    }
-    print(json.dumps({"out": str(out), "models": line}))
-
-
-def _eval_target(out: Path, model_dir, models: int) -> Path:
-    """Where one model's eval.json goes: `out`, or its own subfolder when several are given."""
-    return out / Path(model_dir).resolve().name if models > 1 else out
-
-
-def _harness_eval(cfg: Config, args: argparse.Namespace, out: Path) -> None:
-    """lm-eval's RULER tasks (eval.harness_tasks) at eval.lengths, eval.samples per task and
-    length, into each model's eval.json."""
-    from pipelines.eval.eval_harness import run_harness
-    from pipelines.eval.probe import max_positions
-
-    results = {}
-    for model_dir in args.model:
-        target = _eval_target(out, model_dir, len(args.model))
-        lengths = [n for n in cfg.eval.lengths if n <= max_positions(model_dir)]
-        got = run_harness(model_dir, cfg.eval.harness_tasks, lengths, cfg.eval.samples, target)
-        results[str(model_dir)] = got["tasks"]
-    print(json.dumps({"out": str(out), "harness": "lm-eval", "models": results}))
+    run = harness_models if args.harness == "lm-eval" else evaluate_models
+    print(json.dumps(run(cfg, args.model, out)))
 
 
 def cmd_compare(cfg: Config, args: argparse.Namespace) -> None:

@@ -48,21 +48,9 @@ def _task(task: str, key: str):
 def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tuple[Path, Path]:
     methods, e = cfg.eval.methods, cfg.eval
     lengths = results["pi_0"]["eval"]["lengths"]
+    n_stages = len(cfg.stages.seq_lens)
     lines = [
-        "# PolicyLong vs baselines",
-        "",
-        f"Every method started from the same pi_0 (`{pi0}`) and tokenizer, with seq_lens "
-        f"{cfg.stages.seq_lens}, RoPE bases {cfg.stages.rope_thetas}, {cfg.stages.tokens_per_stage}"
-        f" tokens per stage, lr {cfg.train.lr} ({cfg.train.schedule}, warm-up ratio "
-        f"{cfg.train.warmup_ratio}); seeds {list(seeds)} (cells: mean ± the 95% t-interval "
-        "over seeds; a single seed shows its value alone).",
-        "",
-        f"Evaluation (pipelines/eval/evaluate.py): "
-        f"tasks {', '.join(e.tasks)}; {e.samples} samples per "
-        f"task and length; likelihood score = gold answer ranks first among {e.options} "
-        f"(chance {1 / e.options:.2f}); exact = greedy continuation contains the answer.",
-        "",
-        *_extrapolation_line(lengths, max(cfg.stages.seq_lens)),
+        *_header(cfg, seeds, pi0, lengths),
         "## Likelihood score, averaged over tasks",
         "",
         *_score_table(results, methods, lengths, _avg("likelihood")),
@@ -77,10 +65,44 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
             results, methods, lengths, lambda ev, n: ev["long_copy_gain"].get(str(int(n) - 24))
         ),  # fmt: skip
         "",
+        *_perplexity_section(results, methods, cfg.pretrain.seq_len),
+        *paired_section(results, methods, lengths, _avg("likelihood"), n_stages),
+        *loss_gap_sections(results, methods, n_stages),
+        *shift_section(results),
+        *_cost_section(results, methods),
+        *_per_task_section(results, methods, e.tasks, lengths),
+    ]
+    md = out / "compare.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md, _plot(results, methods, lengths, e.options, out / "compare.png")
+
+
+def _header(cfg: Config, seeds, pi0: Path, lengths) -> list[str]:
+    e = cfg.eval
+    return [
+        "# PolicyLong vs baselines",
+        "",
+        f"Every method started from the same pi_0 (`{pi0}`) and tokenizer, with seq_lens "
+        f"{cfg.stages.seq_lens}, RoPE bases {cfg.stages.rope_thetas}, {cfg.stages.tokens_per_stage}"
+        f" tokens per stage, lr {cfg.train.lr} ({cfg.train.schedule}, warm-up ratio "
+        f"{cfg.train.warmup_ratio}); seeds {list(seeds)} (cells: mean ± the 95% t-interval "
+        "over seeds; a single seed shows its value alone).",
+        "",
+        f"Evaluation (pipelines/eval/evaluate.py): "
+        f"tasks {', '.join(e.tasks)}; {e.samples} samples per "
+        f"task and length; likelihood score = gold answer ranks first among {e.options} "
+        f"(chance {1 / e.options:.2f}); exact = greedy continuation contains the answer.",
+        "",
+        *_extrapolation_line(lengths, max(cfg.stages.seq_lens)),
+    ]
+
+
+def _perplexity_section(results: dict, methods, seq_len: int) -> list[str]:
+    return [
         "## Short-context held-out perplexity",
         "",
         *_table(
-            ["model", f"ppl at {cfg.pretrain.seq_len}"],
+            ["model", f"ppl at {seq_len}"],
             [["pi_0", _cell([results["pi_0"]["eval"]["heldout_ppl"]], 1)]]
             + [
                 [m, _cell([r["eval"]["heldout_ppl"] for r in runs], 1)]
@@ -88,14 +110,12 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
             ],  # fmt: skip
         ),
         "",
-        *paired_section(results, methods, lengths, _avg("likelihood"), len(cfg.stages.seq_lens)),
-        *loss_gap_sections(results, methods, len(cfg.stages.seq_lens)),
-        *shift_section(results),
-        *_cost_section(results, methods),
-        "## Per task (likelihood / exact)",
-        "",
     ]
-    for task in e.tasks:
+
+
+def _per_task_section(results: dict, methods, tasks, lengths) -> list[str]:
+    lines = ["## Per task (likelihood / exact)", ""]
+    for task in tasks:
         lines += [f"### {task}", ""]
         rows = []
         for name, runs in {"pi_0": [results["pi_0"]], **_by_method(results, methods)}.items():
@@ -108,9 +128,7 @@ def write_compare(cfg: Config, seeds, results: dict, out: Path, pi0: Path) -> tu
                 cells.append(f"{_cell(lik)} / {_cell(ex)}")
             rows.append([name, *cells])
         lines += [*_table(["model", *map(str, lengths)], rows), ""]
-    md = out / "compare.md"
-    md.write_text("\n".join(lines) + "\n")
-    return md, _plot(results, methods, lengths, e.options, out / "compare.png")
+    return lines
 
 
 def _extrapolation_line(lengths, longest: int) -> list[str]:

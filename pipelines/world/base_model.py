@@ -231,8 +231,29 @@ def pretrain(
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay
     )
+    watch = FormationWatch(cfg.copy_formed_nll) if cfg.copy_formed_nll > 0 else None
+    times, taken = {}, {}
+    for name, steps, parts, lr in _phases(train_blocks, model.config.vocab_size, cfg, seed):
+        start = time.perf_counter()
+        phase_watch = watch if name == "induction" else None
+        desc = f"pretrain base: {name}"
+        taken[name] = _train_steps(model, opt, steps, parts, cfg, desc, lr, phase_watch)
+        times[f"{name}_s"] = round(time.perf_counter() - start, 1)
+    if watch is not None and taken["induction"] == cfg.copy_induction_steps:
+        log.warning(
+            "base model: induction did not form within pretrain.copy_induction_steps=%d steps "
+            "(copied-token NLL stayed above pretrain.copy_formed_nll=%g): pi_0 may not copy",
+            cfg.copy_induction_steps,
+            cfg.copy_formed_nll,
+        )
+    return _metrics(model, train_blocks, heldout_blocks, cfg, times, taken)
+
+
+def _phases(train_blocks: torch.Tensor, vocab_size: int, cfg: PretrainSection, seed: int):
+    """The three phases as (name, steps, rows of step i, learning rate); one generator draws
+    every phase's rows, in the order the phases run."""
     gen = torch.Generator().manual_seed(seed)
-    counts = torch.bincount(train_blocks.flatten(), minlength=model.config.vocab_size)
+    counts = torch.bincount(train_blocks.flatten(), minlength=vocab_size)
     frequent = torch.argsort(counts, descending=True)[: cfg.copy_vocab]
     long_rows = max(1, cfg.copy_rows * cfg.copy_row_len // cfg.seq_len)  # same tokens per step
 
@@ -254,26 +275,11 @@ def pretrain(
         return parts
 
     text_steps = max(1, cfg.max_tokens // (cfg.batch_size * cfg.seq_len))
-    watch = FormationWatch(cfg.copy_formed_nll) if cfg.copy_formed_nll > 0 else None
-    times, taken = {}, {}
-    for name, steps, parts, lr in (
+    return [
         ("induction", cfg.copy_induction_steps, induction, cfg.copy_lr),
         ("distance", cfg.copy_distance_steps, distance, cfg.copy_lr),
         ("text", text_steps, text, cfg.lr),
-    ):
-        start = time.perf_counter()
-        phase_watch = watch if name == "induction" else None
-        desc = f"pretrain base: {name}"
-        taken[name] = _train_steps(model, opt, steps, parts, cfg, desc, lr, phase_watch)
-        times[f"{name}_s"] = round(time.perf_counter() - start, 1)
-    if watch is not None and taken["induction"] == cfg.copy_induction_steps:
-        log.warning(
-            "base model: induction did not form within pretrain.copy_induction_steps=%d steps "
-            "(copied-token NLL stayed above pretrain.copy_formed_nll=%g): pi_0 may not copy",
-            cfg.copy_induction_steps,
-            cfg.copy_formed_nll,
-        )
-    return _metrics(model, train_blocks, heldout_blocks, cfg, times, taken)
+    ]
 
 
 def _metrics(model, train_blocks, heldout_blocks, cfg: PretrainSection, times, taken) -> dict:

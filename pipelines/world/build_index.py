@@ -278,23 +278,9 @@ def build_index(
         )
     if docs.num_rows == 0:
         raise UserError(f"corpus '{corpus_dir}' has no '{cfg.source_split}' documents to index")
-
     start = time.perf_counter()
-    chunks = chunk_corpus(docs, tokenizer_dir, cfg.chunk_tokens, cfg.min_chunk_tokens)
-    if chunks.num_rows == 0:
-        raise UserError(
-            f"no chunks from corpus '{corpus_dir}': lower index.min_chunk_tokens "
-            f"(now {cfg.min_chunk_tokens})"
-        )
-    timings = {"chunk_s": round(time.perf_counter() - start, 2)}
     cpus = build_cpus(embedder_cpus)
-    log.info(
-        "index: %d chunks from %d documents, embedding on %g CPUs in %s",
-        chunks.num_rows, docs.num_rows, cpus, dtype,
-    )  # fmt: skip
-    vectors = embed_chunks(chunks, cfg, cpus, dtype)
-    timings["embed_s"] = round(time.perf_counter() - start - timings["chunk_s"], 2)
-
+    chunks, vectors, timings = _chunk_and_embed(docs, corpus_dir, tokenizer_dir, cfg, cpus, dtype)
     tmp = index_dir.with_name(f"{index_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -315,6 +301,25 @@ def build_index(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("index: %d chunks in %d shards -> %s", chunks.num_rows, cfg.num_shards, index_dir)
     return IndexBuild(index_dir, manifest, reused=False)
+
+
+def _chunk_and_embed(docs, corpus_dir, tokenizer_dir: Path, cfg: IndexSection, cpus, dtype):
+    """The documents' chunks, their vectors, and the seconds each took."""
+    start = time.perf_counter()
+    chunks = chunk_corpus(docs, tokenizer_dir, cfg.chunk_tokens, cfg.min_chunk_tokens)
+    if chunks.num_rows == 0:
+        raise UserError(
+            f"no chunks from corpus '{corpus_dir}': lower index.min_chunk_tokens "
+            f"(now {cfg.min_chunk_tokens})"
+        )
+    timings = {"chunk_s": round(time.perf_counter() - start, 2)}
+    log.info(
+        "index: %d chunks from %d documents, embedding on %g CPUs in %s",
+        chunks.num_rows, docs.num_rows, cpus, dtype,
+    )  # fmt: skip
+    vectors = embed_chunks(chunks, cfg, cpus, dtype)
+    timings["embed_s"] = round(time.perf_counter() - start - timings["chunk_s"], 2)
+    return chunks, vectors, timings
 
 
 def _manifest(key, cfg: IndexSection, chunks, n_docs: int, vectors, shards, files) -> dict:

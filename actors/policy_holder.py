@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from actors.backends import make_backend, omp_bind_for
-from pipelines.core.config import Config, ScreenSection
+from pipelines.core.config import ScreenSection
 from pipelines.core.entropy import entropies_at, token_entropies
 from pipelines.core.records import sync_probe_file
 
@@ -37,17 +37,6 @@ class PolicySpec:
     # not the one it was first created with. Empty: use the constructor's.
     pointer: str = ""
     probe_tolerance: float = 1e-3  # a restarted actor's probe entropies vs the trainer's
-
-    @classmethod
-    def for_role(
-        cls, cfg: Config, backend: str, gpus: float, engine_index: int, pointer: str = "", **kw
-    ) -> PolicySpec:
-        """A scorer's or verifier's spec: the config's screen section, threads and tolerance."""
-        threads, tolerance = cfg.resources.torch_threads_per_actor, cfg.stages.probe_tolerance
-        return cls(
-            backend, cfg.screen, threads, gpus, engine_index, pointer=pointer,
-            probe_tolerance=tolerance, **kw,
-        )  # fmt: skip
 
 
 def current_policy(pointer: str, model_dir: str | Path, version: int) -> tuple[str, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from actors.policy_holder import PolicyHolder, PolicySpec
-from pipelines.core.config import Config, VerifySection
+from pipelines.core.config import VerifySection
 from pipelines.core.records import Candidate, ScreenedDoc, Verdict
 
 
@@ -66,24 +66,3 @@ class Verifier(PolicyHolder):
                     )
                 )  # fmt: skip
         return out
-
-
-def verifier_spec(cfg: Config, actor_index: int, pointer: str = "") -> PolicySpec:
-    r = cfg.resources
-    # one vLLM core binding per engine on the node: scorers first, then verifiers
-    engine = r.scorer.count + actor_index
-    max_len = cfg.screen.max_doc_tokens + cfg.index.chunk_tokens + 1
-    return PolicySpec.for_role(
-        cfg, cfg.verify.backend, r.verifier.gpus, engine, pointer, max_model_len=max_len
-    )
-
-
-def create_verifiers(cfg: Config, model_dir: str | Path, version: int = 0, pointer: str = ""):
-    """resources.verifier.count Verifier actors, each with resources.verifier's CPUs/GPUs, as
-    one ActorGroup, restarted after a crash like the scorers (actors/scorer.py create_scorers)."""
-    from cluster.actor_group import ActorGroup
-
-    return ActorGroup.create(
-        "verifier", Verifier, cfg.resources.verifier, cfg.cluster.actor_max_restarts,
-        lambda i: (verifier_spec(cfg, i, pointer), cfg.verify, str(model_dir), version),
-    )  # fmt: skip

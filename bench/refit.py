@@ -102,8 +102,8 @@ def memcpy_s(model_dir: Path, reps: int) -> tuple[float, int]:
 
 
 def start_scorer(model_dir: Path, out_dir: str, memory_utilization: float):
-    from actors.scorer import create_scorers
     from pipelines.core.config import load_config
+    from pipelines.driver.workers import create_scorers
 
     share = f"screen.vllm_memory_utilization={memory_utilization}"
     cfg = load_config(

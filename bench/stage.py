@@ -71,11 +71,12 @@ def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str, rounds:
     import ray
     import torch
 
-    from actors.scorer import EntropyScorer, scorer_spec
+    from actors.scorer import EntropyScorer
     from cluster.transport_checkpoint_dir import CheckpointDirTransport
     from cluster.transport_object_store import ObjectStoreTransport, load_policy_payload
     from pipelines.core.config import Config, ModelSection
     from pipelines.core.entropy import token_entropies
+    from pipelines.driver.workers import scorer_spec
     from pipelines.world.base_model import build_model
     from pipelines.world.tokenizer import train_tokenizer
 

@@ -50,15 +50,17 @@ def cmd_prepare_base(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_build_index(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.world.build_index import cmd_build_index as build
+    """`policylong build-index`: chunk, embed and index the corpus into the shared cache."""
+    from pipelines.driver.single_steps import build_index_alone
 
-    build(cfg, args)
+    print(json.dumps(build_index_alone(cfg)))
 
 
 def cmd_screen(cfg: Config, args: argparse.Namespace) -> None:
-    from pipelines.steps.screen import cmd_screen as screen
+    """`policylong screen`: screen the training documents with pi_0."""
+    from pipelines.driver.single_steps import screen_alone
 
-    screen(cfg, args)
+    print(screen_alone(cfg))
 
 
 def cmd_plan(cfg: Config, args: argparse.Namespace) -> None:

@@ -61,7 +61,7 @@ def own_cache(tmp_path, tiny_world, test_config):
 
     cache = tmp_path / "cache"
     corpus, model = tiny_world.corpus_dir, Path(tiny_world.model_dir)
-    index_dir = cached_index_dir(test_config, corpus, model)
+    index_dir = cached_index_dir(test_config.index, test_config.run.cache_dir, corpus, model)
     build_index(index_dir, corpus, model, test_config.index, test_config.run.seed)
     for src in (model, index_dir):
         shutil.copytree(src, cache / src.name)

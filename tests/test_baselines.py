@@ -42,7 +42,9 @@ def _chunk_owners(cfg) -> dict[str, str]:
     from pipelines.world.world import ensure_world
 
     world = ensure_world(cfg)
-    return chunk_column(cached_index_dir(cfg, world.corpus_dir, world.model_dir), "doc_id")
+    return chunk_column(
+        cached_index_dir(cfg.index, cfg.run.cache_dir, world.corpus_dir, world.model_dir), "doc_id"
+    )
 
 
 def test_nextlong_alternates_meta_chunks_and_their_unreused_negatives(one_stage_compare):

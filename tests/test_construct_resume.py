@@ -32,7 +32,7 @@ def stage_ctx(load_test_profile, tiny_world, ray_local):
     )
     tok = load_tokenizer(tiny_world.model_dir)
     index = build_index(
-        cached_index_dir(cfg, tiny_world.corpus_dir, tiny_world.model_dir),
+        cached_index_dir(cfg.index, cfg.run.cache_dir, tiny_world.corpus_dir, tiny_world.model_dir),
         tiny_world.corpus_dir,
         tiny_world.model_dir,
         cfg.index,

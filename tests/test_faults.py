@@ -71,7 +71,9 @@ def test_a_restarted_policy_actor_loads_the_current_policy_and_proves_it(
     pi_1 = tmp_path / "pi_1"  # a copy: its sync_probe.json is altered below
     shutil.copytree(stage_dir(cfg, 0) / "model", pi_1)
     probe = json.loads((pi_1 / "sync_probe.json").read_text())
-    index_dir = cached_index_dir(cfg, tiny_world.corpus_dir, tiny_world.model_dir)
+    index_dir = cached_index_dir(
+        cfg.index, cfg.run.cache_dir, tiny_world.corpus_dir, tiny_world.model_dir
+    )
     index = build_index(index_dir, tiny_world.corpus_dir, tiny_world.model_dir, cfg.index)
     with Fleet(cfg, method_spec("policylong"), index.index_dir) as fleet:
         fleet.start(tiny_world.model_dir, 0)

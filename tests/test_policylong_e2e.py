@@ -299,4 +299,7 @@ def _chunk_tokens(cfg) -> dict[str, list[int]]:
     from pipelines.world.world import ensure_world
 
     world = ensure_world(cfg)
-    return chunk_column(cached_index_dir(cfg, world.corpus_dir, world.model_dir), "input_ids")
+    return chunk_column(
+        cached_index_dir(cfg.index, cfg.run.cache_dir, world.corpus_dir, world.model_dir),
+        "input_ids",
+    )

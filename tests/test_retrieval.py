@@ -22,6 +22,7 @@ from actors.retrieval_shard import Reranked, ShardIndex, set_nprobe
 from pipelines.core.config import IndexSection, load_config
 from pipelines.core.errors import UserError
 from pipelines.core.index_format import verify_index
+from pipelines.driver.workers import retriever_for
 from pipelines.steps.retrieve import Retriever
 from pipelines.world.build_index import (
     IndexBuild,
@@ -73,13 +74,15 @@ def index_run(test_config, tiny_world, tmp_path_factory):
 @pytest.fixture(scope="module")
 def built_index(index_run, tiny_world):
     _, cfg = index_run
-    index_dir = cached_index_dir(cfg, cfg.run_dir / "corpus", tiny_world.model_dir)
+    index_dir = cached_index_dir(
+        cfg.index, cfg.run.cache_dir, cfg.run_dir / "corpus", tiny_world.model_dir
+    )
     return IndexBuild(index_dir, verify_index(index_dir), reused=False)
 
 
 @pytest.fixture(scope="module")
 def retriever(built_index, index_run):
-    r = Retriever.from_config(index_run[1], built_index.index_dir)
+    r = retriever_for(index_run[1], built_index.index_dir)
     yield r
     r.close()
 

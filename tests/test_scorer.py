@@ -70,7 +70,7 @@ def new_checkpoint(tiny_world, scorer_docs, tmp_path_factory):
 @pytest.fixture(scope="session")
 def scorer_pair(test_config, tiny_world, ray_local):
     """(hf actor, vllm actor), each started once for the session."""
-    from actors.scorer import create_scorers
+    from pipelines.driver.workers import create_scorers
 
     def with_backend(kind):
         return dataclasses.replace(

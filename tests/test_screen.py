@@ -76,7 +76,7 @@ def test_query_is_the_window_around_the_anchor(tiny_world):
 def test_screen_documents_writes_parquet(tiny_world, test_config, ray_local, tmp_path):
     import pyarrow.parquet as pq
 
-    from actors.scorer import create_scorers
+    from pipelines.driver.workers import create_scorers
     from pipelines.steps.screen import screen_documents
     from pipelines.world.ingest import read_docs
     from pipelines.world.tokenizer import load_tokenizer

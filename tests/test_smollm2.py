@@ -98,7 +98,7 @@ def raised_rope_dir(smollm2_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scorers(test_config, smollm2_dir, ray_local):
     """(hf actor, vllm actor) holding SmolLM2, each started once for this module."""
-    from actors.scorer import create_scorers
+    from pipelines.driver.workers import create_scorers
 
     def with_backend(kind):
         screen = dataclasses.replace(
@@ -232,7 +232,8 @@ def smollm2_profile(runs_dir):
 
 @pytest.fixture(scope="module")
 def smollm2_verifier(smollm2_profile, smollm2_dir, ray_local):
-    from actors.verifier import Verifier, verifier_spec
+    from actors.verifier import Verifier
+    from pipelines.driver.workers import verifier_spec
 
     cfg = smollm2_profile
     actor = ray_local.remote(Verifier).remote(verifier_spec(cfg, 0), cfg.verify, str(smollm2_dir))

@@ -17,9 +17,10 @@ import torch
 from copying_policy import VOCAB, copy_case
 
 from actors.hf_backend import HFBackend
-from actors.verifier import Verifier, label_of, verifier_spec
+from actors.verifier import Verifier, label_of
 from pipelines.core.entropy import naive_token_entropies, token_entropies
 from pipelines.core.records import Candidate, ScreenedDoc
+from pipelines.driver.workers import verifier_spec
 from pipelines.world.tokenizer import load_tokenizer
 
 PREFIX = "KING HENRY. Now, lords, for France; the enterprise whereof shall be to you. "

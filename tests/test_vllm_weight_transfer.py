@@ -71,7 +71,7 @@ def _score(ray, actor, seqs) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def vllm_scorer(test_config, tiny_world, ray_local):
-    from actors.scorer import create_scorers
+    from pipelines.driver.workers import create_scorers
 
     cfg = dataclasses.replace(
         test_config, screen=dataclasses.replace(test_config.screen, backend="vllm")

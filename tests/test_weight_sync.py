@@ -68,7 +68,7 @@ def next_policy(tiny_world, tmp_path_factory):
 
 def _hf_scorers(test_config, model_dir, num: int) -> list:
     """num scorer actors on HF backends (the tensor transports' receivers) holding model_dir."""
-    from actors.scorer import create_scorers
+    from pipelines.driver.workers import create_scorers
 
     cfg = dataclasses.replace(
         test_config, screen=dataclasses.replace(test_config.screen, backend="hf")

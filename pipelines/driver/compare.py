@@ -156,7 +156,9 @@ def _onpolicy_shift(cfg: Config, seed: int, pi0: Path, world) -> list[dict] | No
     tok = load_tokenizer(tok_dir)
     docs = tokenize_docs(tok, read_docs(world.corpus_dir, "train"), cfg.screen.max_doc_tokens)
     ids = {d["doc_id"]: d["input_ids"] for d in docs}
-    chunks = chunk_column(cached_index_dir(cfg, world.corpus_dir, tok_dir), "input_ids")
+    chunks = chunk_column(
+        cached_index_dir(cfg.index, cfg.run.cache_dir, world.corpus_dir, tok_dir), "input_ids"
+    )
     taus = (cfg.verify.tau_pos, cfg.verify.tau_neg)
     return [
         {"stage": k, **anchor_overlap(stage_dir(pl, k), stage_dir(st, k)),

@@ -48,11 +48,14 @@ class Fleet:
         """Create every worker the method needs, the policy actors holding pi_version, once the
         whole plan (trainers included) is known to fit (driver/placement.py): one clear line
         instead of actors, or later Ray Train, waiting forever for resources."""
-        from actors.scorer import create_scorers
-        from actors.verifier import create_verifiers
         from cluster.weight_sync import transport_groups
         from pipelines.driver.placement import check_plan_fits
-        from pipelines.steps.retrieve import Retriever, shards_from_config
+        from pipelines.driver.workers import (
+            create_scorers,
+            create_verifiers,
+            filler_shards,
+            retriever_for,
+        )
 
         check_plan_fits(self.cfg, self.method)
         if self.method.screens:
@@ -62,10 +65,10 @@ class Fleet:
             self.verifiers = create_verifiers(self.cfg, policy_dir, version, pointer)
             self.transports = transport_groups(self.cfg, self.scorers.actors, self.verifiers.actors)
         if self.method.retrieves:
-            self.retriever = Retriever.from_config(self.cfg, self.index_dir)
+            self.retriever = retriever_for(self.cfg, self.index_dir)
             shards, sizes = self.retriever.shards, self.retriever.sizes
         else:
-            shards, sizes = shards_from_config(self.cfg, self.index_dir)
+            shards, sizes = filler_shards(self.cfg, self.index_dir)
             self.filler_shards = shards
         self.fillers = FillerPool(shards, sizes, self.cfg.index.filler_batch)
         return self

@@ -157,7 +157,7 @@ def built_pool_chunks(cfg: Config) -> int | None:
     from pipelines.world.world import base_dir
 
     tokenizer = Path(cfg.tokenizer.path or cfg.model.path or base_dir(cfg, corpus))
-    manifest = cached_index_dir(cfg, corpus, tokenizer) / "manifest.json"
+    manifest = cached_index_dir(cfg.index, cfg.run.cache_dir, corpus, tokenizer) / "manifest.json"
     return json.loads(manifest.read_text())["n_chunks"] if manifest.is_file() else None
 
 

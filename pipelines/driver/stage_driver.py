@@ -97,7 +97,7 @@ def prepare_inputs(cfg: Config) -> RunInputs:
     world = ensure_world(cfg)
     tokenizer_dir = Path(cfg.tokenizer.path or world.model_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
-    index_dir = cached_index_dir(cfg, world.corpus_dir, tokenizer_dir)
+    index_dir = cached_index_dir(cfg.index, cfg.run.cache_dir, world.corpus_dir, tokenizer_dir)
     embedder_cpus = cfg.resources.embedder.cpus
     index = build_index(
         index_dir, world.corpus_dir, tokenizer_dir, cfg.index, cfg.run.seed, embedder_cpus

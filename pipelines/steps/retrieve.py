@@ -21,7 +21,7 @@ import numpy as np
 import ray
 
 from actors.embedder import embedder_threads
-from pipelines.core.config import Config, IndexSection, RoleResources
+from pipelines.core.config import IndexSection, RoleResources
 from pipelines.core.errors import UserError
 from pipelines.core.index_format import verify_index
 from pipelines.core.records import Candidate, ScreenedDoc
@@ -70,18 +70,6 @@ class Retriever:
         self.embedder = embedder or Embedder.options(
             num_cpus=embedder_cpus, max_restarts=restarts, max_task_retries=restarts
         ).remote(cfg.embedder, cfg.embed_batch_size, embedder_threads(embedder_cpus))
-
-    @classmethod
-    def from_config(cls, cfg: Config, index_dir: str | Path | None = None) -> Retriever:
-        r = cfg.resources
-        return cls(
-            index_dir or cfg.run_dir / "index",
-            cfg.index,
-            r.shard.cpus,
-            r.torch_threads_per_actor,
-            embedder_cpus=r.embedder.cpus,
-            restarts=cfg.cluster.actor_max_restarts,
-        )
 
     @staticmethod
     def _get(refs):
@@ -163,17 +151,6 @@ def start_shards(
         lambda s: (str(index_dir), s, cfg.nprobe, shard_threads, cfg.rerank_factor),
     )  # fmt: skip
     return shards, Retriever._get([a.ready.remote() for a in shards])
-
-
-def shards_from_config(cfg: Config, index_dir: str | Path) -> tuple[list, list[int]]:
-    """The shard actors alone (no embedder), for a method that only needs filler chunks."""
-    index_dir = Path(index_dir)
-    num_shards = len(verify_index(index_dir)["shards"])
-    r = cfg.resources
-    return start_shards(
-        index_dir, num_shards, cfg.index, r.shard.cpus, r.torch_threads_per_actor,
-        cfg.cluster.actor_max_restarts,
-    )  # fmt: skip
 
 
 def _merge(

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipelines.core.atomic import replaced_atomically
-from pipelines.core.config import Config, ScreenSection
+from pipelines.core.config import ScreenSection
 from pipelines.core.records import ScreenedDoc
 
 log = logging.getLogger(__name__)
@@ -175,25 +175,3 @@ def screen_documents(
     n_pos = sum(len(r["positions"]) for r in rows)
     log.info("screen: %d documents, %d positions selected", len(rows), n_pos)
     return table
-
-
-def cmd_screen(cfg: Config, args) -> None:
-    """`policylong screen`: screen the training documents with pi_0 -> run_dir/screen/*.parquet."""
-    from actors.scorer import create_scorers
-    from cluster.runtime import init_ray
-    from pipelines.world.ingest import read_docs
-    from pipelines.world.tokenizer import load_tokenizer
-    from pipelines.world.world import ensure_world
-
-    init_ray(cfg.cluster)
-    world = ensure_world(cfg)
-    docs = read_docs(world.corpus_dir, "train").select(["doc_id", "text"])
-    scorers = create_scorers(cfg, world.model_dir)
-    out = cfg.run_dir / "screen" / "policy_v0.parquet"
-    tokenizer = load_tokenizer(cfg.tokenizer.path or world.model_dir)
-    try:
-        table = screen_documents(cfg.screen, tokenizer, docs, scorers, out)
-    finally:
-        scorers.shutdown()
-    n_pos = sum(len(p) for p in table["positions"].to_pylist())
-    print(f"screened {table.num_rows} documents, {n_pos} positions -> {out}")

@@ -20,7 +20,6 @@ temporary directory renamed into place at the end, so a failed build never damag
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from actors.embedder import embedder_threads, resolve_dtype
-from pipelines.core.config import Config, IndexSection
+from pipelines.core.config import IndexSection
 from pipelines.core.errors import UserError
 from pipelines.core.index_format import (
     FORMAT_VERSION,
@@ -243,12 +242,14 @@ def index_docs(corpus_dir: Path, cfg: IndexSection):
     return docs
 
 
-def cached_index_dir(cfg: Config, corpus_dir: Path, tokenizer_dir: Path) -> Path:
-    """Where the index of these inputs lives: the content-addressed cache, so every run and
-    command over the same corpus, tokenizer and index config shares one build (embedding is the
-    slowest part of a small run)."""
-    doc_ids = index_docs(corpus_dir, cfg.index)["doc_id"].to_pylist()
-    return Path(cfg.run.cache_dir) / f"index-{build_key(doc_ids, tokenizer_dir, cfg.index)}"
+def cached_index_dir(
+    index: IndexSection, cache_dir: str | Path, corpus_dir: Path, tokenizer_dir: Path
+) -> Path:
+    """Where the index of these inputs lives: the content-addressed cache (run.cache_dir), so
+    every run and command over the same corpus, tokenizer and index config shares one build
+    (embedding is the slowest part of a small run)."""
+    doc_ids = index_docs(corpus_dir, index)["doc_id"].to_pylist()
+    return Path(cache_dir) / f"index-{build_key(doc_ids, tokenizer_dir, index)}"
 
 
 def build_index(
@@ -350,29 +351,3 @@ def _swap_into_place(tmp: Path, index_dir: Path) -> None:
         index_dir.replace(old)
     tmp.replace(index_dir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def cmd_build_index(cfg: Config, args: argparse.Namespace) -> None:
-    """`policylong build-index`: chunk, embed and index the corpus into the shared cache."""
-    from cluster.runtime import init_ray
-    from pipelines.world.world import ensure_world
-
-    init_ray(cfg.cluster)
-    world = ensure_world(cfg)
-    tokenizer_dir = Path(cfg.tokenizer.path or world.model_dir)
-    result = build_index(
-        cached_index_dir(cfg, world.corpus_dir, tokenizer_dir),
-        world.corpus_dir,
-        tokenizer_dir,
-        cfg.index,
-        seed=cfg.run.seed,
-        embedder_cpus=cfg.resources.embedder.cpus,
-    )
-    m = result.manifest
-    summary = {
-        "index_dir": str(result.index_dir),
-        "reused": result.reused,
-        "n_chunks": m["n_chunks"],
-        "shards": [{k: s[k] for k in ("n_vectors", "index_type")} for s in m["shards"]],
-    }
-    print(json.dumps(summary))

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from actors.model_architecture import architecture
+from pipelines.core.records import WeightPayload
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,15 @@ class HFBackend:
         # Tied embeddings: the output embedding *is* the input embedding matrix.
         return self.model.get_output_embeddings().weight.detach().float().cpu()
 
-    def load_weights(self, source: str | dict[str, torch.Tensor], version: int) -> None:
-        """A model dir (new config too, e.g. a raised RoPE base), the {config, state_dict} payload
-        of the object-store transport, or a plain state_dict of this model."""
+    def load_weights(
+        self, source: str | Path | WeightPayload | dict[str, torch.Tensor], version: int
+    ) -> None:
+        """A model dir (new config too, e.g. a raised RoPE base), a WeightPayload (config and
+        tensors, from the object-store or collective transport), or a state_dict of this model."""
         if isinstance(source, str | Path):
             self._load_dir(str(source))
             self.model_dir = str(source)
-        elif "state_dict" in source and "config" in source:
+        elif isinstance(source, WeightPayload):
             self._load_payload(source)
         else:
             self._load_state_dict(source)
@@ -76,13 +79,13 @@ class HFBackend:
         state = {k: v for f in files for k, v in load_file(str(f)).items()}
         self._load_state_dict(state, assign=self._can_adopt(state))
 
-    def _load_payload(self, payload: dict) -> None:
+    def _load_payload(self, payload: WeightPayload) -> None:
         from transformers import AutoConfig
 
-        config = dict(payload["config"])
+        config = dict(payload.config)
         self._use_config(AutoConfig.for_model(config.pop("model_type"), **config))
-        state = payload["state_dict"]
-        if state and isinstance(next(iter(state.values())), tuple):  # NumPy wire format
+        state = payload.state
+        if payload.wire == "numpy":
             from cluster.transport_object_store import from_wire
 
             # On CPU the parameters become the shared object-store arrays themselves (the object

@@ -19,7 +19,7 @@ import torch
 from actors.backends import make_backend, omp_bind_for
 from pipelines.core.config import ScreenSection
 from pipelines.core.entropy import entropies_at, token_entropies
-from pipelines.core.records import sync_probe_file
+from pipelines.core.records import WeightPayload, sync_probe_file
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class PolicyHolder:
         """Total time spent on the method's work: the overlap benchmark's per-actor busy time."""
         return self.busy_s
 
-    def load_weights(self, source: str | dict, version: int) -> int:
+    def load_weights(self, source: str | WeightPayload, version: int) -> int:
         self.backend.load_weights(source, version)
         if isinstance(source, str | Path):
             self.model_dir = str(source)
@@ -141,7 +141,7 @@ class PolicyHolder:
 
         # Only HF backends receive tensors (config refuses a tensor transport with vLLM).
         state = receive_state(group, buckets, self.backend.device)
-        self.backend.load_weights({"config": config, "state_dict": state}, version)
+        self.backend.load_weights(WeightPayload(config, state), version)
         return self.backend.version
 
     # vLLM's weight-transfer API (cluster/transport_vllm_api.py): its sender drives these.

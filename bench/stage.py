@@ -99,7 +99,7 @@ def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str, rounds:
     ray.get([a.warmup.remote() for a in actors])
     probe = list(range(1, 200))
     payloads = [load_policy_payload(d) for d in dirs]
-    state = payloads[0]["state_dict"]
+    state = payloads[0].state
     weight_bytes = sum(t.numel() * t.element_size() for t in state.values())
     best = {"memcpy": float("inf"), "checkpoint_dir": float("inf"), "object_store": float("inf")}
     first_probe_s = steady_probe_s = float("inf")
@@ -133,7 +133,7 @@ def bench_broadcast(hidden: int, layers: int, num_actors: int, tmp: str, rounds:
                 first_probe_s = min(first_probe_s, probe_s)
             # ... and the actors really serve this version's weights.
             ref_model = build_model(section, len(tok), tok.eos_token_id)
-            ref_model.load_state_dict(payloads[1 + version % 3]["state_dict"], strict=False)
+            ref_model.load_state_dict(payloads[1 + version % 3].state, strict=False)
             ref_model.tie_weights()
             with torch.no_grad():
                 h = ref_model.model(input_ids=torch.tensor([probe])).last_hidden_state[0]

@@ -109,7 +109,7 @@ class WeightSender:
         from cluster.transport_object_store import load_policy_payload
 
         payload = load_policy_payload(Path(model_dir))
-        self.state = payload["state_dict"]
+        self.state = payload.state
         with socket.socket() as s:  # a free port on this node for the group's TCP store
             s.bind(("", 0))
             port = s.getsockname()[1]
@@ -117,7 +117,7 @@ class WeightSender:
             "address": ray.util.get_node_ip_address(),
             "port": port,
             "buckets": plan_buckets(self.state, bucket_bytes),
-            "config": payload["config"],
+            "config": payload.config,
         }
 
     def send(self, group_spec: dict, buckets: list[Bucket]) -> int:

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
+from pipelines.core.records import WeightPayload
+
 
 def to_wire(state: dict[str, torch.Tensor]) -> dict[str, tuple[np.ndarray, str]]:
     out = {}
@@ -38,12 +40,12 @@ def from_wire(wire: dict[str, tuple[np.ndarray, str]]) -> dict[str, torch.Tensor
     return out
 
 
-def load_policy_payload(model_dir: Path) -> dict:
-    """{config, state_dict} of an HF checkpoint. The config travels too: a stage changes the
-    RoPE base and the context length, not only the weights."""
+def load_policy_payload(model_dir: Path) -> WeightPayload:
+    """An HF checkpoint in memory. The config travels too: a stage changes the RoPE base and
+    the context length, not only the weights."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     state = {k: v for f in files for k, v in load_file(str(f)).items()}
-    return {"config": AutoConfig.from_pretrained(str(model_dir)).to_dict(), "state_dict": state}
+    return WeightPayload(AutoConfig.from_pretrained(str(model_dir)).to_dict(), state)
 
 
 class ObjectStoreTransport:
@@ -52,9 +54,9 @@ class ObjectStoreTransport:
     def send(self, model_dir: Path, version: int, actors: list) -> None:
         self.send_payload(load_policy_payload(model_dir), version, actors)
 
-    def send_payload(self, payload: dict, version: int, actors: list) -> None:
-        """{config, state_dict} already in memory (e.g. straight from the trainer)."""
-        wire = {"config": payload["config"], "state_dict": to_wire(payload["state_dict"])}
+    def send_payload(self, payload: WeightPayload, version: int, actors: list) -> None:
+        """A policy already in memory (e.g. straight from the trainer)."""
+        wire = WeightPayload(payload.config, to_wire(payload.state), wire="numpy")
         ref = ray.put(wire)  # the one copy, shared by all readers on the node
         ray.get([a.load_weights.remote(ref, version) for a in actors])
 

@@ -138,3 +138,14 @@ class StageCounts:
 
     def to_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lock"}
+
+
+@dataclass
+class WeightPayload:
+    """A policy sent in memory rather than as a checkpoint folder (HF backends only): its HF
+    config (a stage may have raised the RoPE base) and its tensors, as torch tensors or in the
+    object store's NumPy wire format (cluster/transport_object_store.py)."""
+
+    config: dict
+    state: dict
+    wire: str = "torch"  # "torch" | "numpy"

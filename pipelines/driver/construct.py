@@ -243,13 +243,26 @@ def _assemble(ctx: StageContext, work: DocWork, counts: StageCounts) -> SampleRo
     return _sample_row(ctx, s, work.positions)
 
 
-def process_batch(ctx: StageContext, docs: list[dict]) -> BatchResult:
+class BatchAbandoned(Exception):
+    """A batch still in flight when its stage ended (budget met or failed): nobody needs it."""
+
+
+def _unless_stopped(ctx: StageContext, abandoned: threading.Event | None) -> None:
+    if ctx.stop.is_set() or (abandoned is not None and abandoned.is_set()):
+        raise BatchAbandoned()
+
+
+def process_batch(
+    ctx: StageContext, docs: list[dict], abandoned: threading.Event | None = None
+) -> BatchResult:
     """One batch of seed documents through the method's steps, up to (not including) commit."""
     method = ctx.fleet.method
     counts = StageCounts()  # added to the stage's counts only if this batch is committed
     work = [DocWork(d) for d in docs]
+    _unless_stopped(ctx, abandoned)
     if method.candidates == "verified":
         work = _screen_retrieve_verify(ctx, docs)
+        _unless_stopped(ctx, abandoned)
     if method.layout == "interleaved":
         samples = _nextlong_samples(ctx, docs, counts)
     elif method.layout == "units":
@@ -290,6 +303,16 @@ def _commit(ctx: StageContext, log: SampleLog, result: BatchResult, room: int) -
     return len(samples)
 
 
+def _batches(ctx: StageContext, seed_docs: list[dict]) -> tuple[list[list[dict]], list[str]]:
+    """The seed documents cut to the stage's document window, in batches, and each batch's
+    shard name (what a resumed stage finds committed)."""
+    window = document_window(ctx.stage.seq_len, ctx.cfg.screen.max_doc_tokens)
+    seed_docs = [d | {"input_ids": d["input_ids"][:window]} for d in seed_docs]
+    size = ctx.cfg.screen.batch_docs
+    batches = [seed_docs[i : i + size] for i in range(0, len(seed_docs), size)]
+    return batches, [shard_name(ctx.stage.index, [d["doc_id"] for d in b]) for b in batches]
+
+
 def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: int) -> StageCounts:
     """Build the stage's samples until the budget is met or the seed documents run out.
 
@@ -299,20 +322,17 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
     trainer, which trains every committed sample once, knows its step count in advance.
     """
     cfg, k, seq_len = ctx.cfg, ctx.stage.index, ctx.stage.seq_len
-    window = document_window(seq_len, cfg.screen.max_doc_tokens)
-    seed_docs = [d | {"input_ids": d["input_ids"][:window]} for d in seed_docs]
+    batches, names = _batches(ctx, seed_docs)
     sample_log = SampleLog(ctx.stage_dir / "samples", writer=True)
     done = {c.name: c.rows for c in sample_log.commits()}
     counts = StageCounts()
-    size = cfg.screen.batch_docs
-    batches = [seed_docs[i : i + size] for i in range(0, len(seed_docs), size)]
-    names = [shard_name(k, [d["doc_id"] for d in b]) for b in batches]
     committed, next_commit, next_submit = 0, 0, 0
     results: dict[int, BatchResult] = {}
     bar = tqdm(total=budget_samples, desc=f"construct stage {k}", unit="sample")
     first_commit_at = None
     pool = ThreadPoolExecutor(max_workers=cfg.stages.batches_in_flight)
     pending: dict = {}
+    abandoned = threading.Event()  # set when this call ends: its batches in flight stop
     try:
         while next_commit < len(batches) and committed < budget_samples:
             if ctx.stop.is_set():
@@ -320,7 +340,7 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
             # Keep batches in flight ahead of the commit point (committed ones are skipped).
             while next_submit < len(batches) and len(pending) < cfg.stages.batches_in_flight:
                 if names[next_submit] not in done:
-                    fut = pool.submit(process_batch, ctx, batches[next_submit])
+                    fut = pool.submit(process_batch, ctx, batches[next_submit], abandoned)
                     pending[fut] = next_submit
                 next_submit += 1
             if names[next_commit] in done:
@@ -343,7 +363,10 @@ def construct_stage(ctx: StageContext, seed_docs: list[dict], budget_samples: in
         raise
     finally:
         # Budget met (or an error): batches still in flight are not needed. Do not wait for
-        # them; they commit nothing (only this loop commits).
+        # them; they commit nothing (only this loop commits). They stop at their next step, and
+        # the fleet waits for them before it kills the actors they call (fleet.close).
+        abandoned.set()
+        ctx.fleet.stragglers.extend(pending)
         pool.shutdown(wait=False, cancel_futures=True)
         bar.close()
     sample_log.finish(counts, committed, first_commit_at)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 import ray
@@ -29,6 +30,7 @@ from pipelines.core.records import sync_probe_file
 from pipelines.steps.assemble import FillerPool
 
 log = logging.getLogger(__name__)
+STRAGGLER_WAIT_S = 60.0  # at most one actor call each: they stop at their next step
 
 
 class Fleet:
@@ -41,6 +43,9 @@ class Fleet:
         self.filler_shards: list = []  # shard actors of a method that does not retrieve
         self.fillers: FillerPool | None = None  # set by start()
         self.index_dir = index_dir
+        # Construction batches a stage left in flight (construct.py): close() lets them end
+        # before it kills the actors they call, else Ray logs each killed call as a failure.
+        self.stragglers: list[Future] = []
         # The policy the actors hold now, for any actor Ray restarts (actors/policy_holder.py).
         self.pointer = (cfg.run_dir / "fleet_policy.json").resolve()
 
@@ -105,6 +110,8 @@ class Fleet:
         return dict(zip(names, busy, strict=True))
 
     def close(self) -> None:
+        wait(self.stragglers, timeout=STRAGGLER_WAIT_S)
+        self.stragglers = []
         for transport, _ in self.transports:
             transport.close()
         self.scorers.shutdown()

@@ -21,7 +21,7 @@ STREAM = np.random.default_rng(0).integers(0, VOCAB, 20_000)  # uniform: only co
 
 @pytest.fixture(scope="module")
 def copier(copier_dir):
-    """The suite's copy policy (tests/copying_policy.py, trained once per session)."""
+    """The suite's copy policy (tests/copying_policy.py, shipped and re-measured per session)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(copier_dir)).eval()

@@ -6,10 +6,10 @@ paper gives τ_neg), its median r above 5 τ_pos — for a policy that copies fr
 The test world's pi_0 (the shipped base) copies, but not cleanly enough for a label-by-label proof:
 on these cases (mapped onto its 512 most frequent tokens) its r of the continuation chunk is 0.26 at
 the 10th percentile and |r| of an unrelated chunk 0.029 at the 90th, above tau_neg (measured
-2026-12-05). So the copy case uses a second real policy trained here for exactly that: a 2-layer
+2026-12-05). So the copy case uses a second real policy trained for exactly that: a 2-layer
 Qwen2 taught to continue repeated random spans (tests/copying_policy.py; its training stops only
 once it both copies and ignores unrelated context, measured on held-out cases of the kind tested
-here)."""
+here; shipped in tests/assets/copier and measured again by the fixture on every run)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@
     verify   -> Verdict       the chunk's entropy reduction r there, and its label
     assemble -> SampleRow     one training sample, as the sample log stores it
     commit   -> StageCounts   what a stage's construction did (to the sample log's manifest)
+    stage    -> StageRecord   what the whole stage did (to its stage_manifest.json)
 
 They cross Ray actor boundaries (pickled), so they hold plain lists and numbers.
 """
@@ -149,3 +150,16 @@ class WeightPayload:
     config: dict
     state: dict
     wire: str = "torch"  # "torch" | "numpy"
+
+
+@dataclass
+class StageRecord:
+    """What a stage did, beyond its Stage: the body of its stage_manifest.json (driver's
+    write_stage_manifest adds the Stage's fields and the timings)."""
+
+    policy_version_used: int  # the policy the stage's scorers and verifiers held
+    model_dir: str | None  # pi_{k+1}; None when the run only constructs
+    construction: dict[str, int]  # StageCounts.to_dict()
+    broadcast: dict | None  # the sync of pi_k before the stage (cluster/weight_sync.py)
+    actor_busy_s: dict[str, float]  # per policy actor, seconds busy in this stage
+    dataset: str = ""  # the exported dataset folder (driver/export_dataset.py)

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.atomic import replaced_atomically
 from pipelines.core.config import Config
-from pipelines.core.records import Stage
+from pipelines.core.records import Stage, StageRecord
 from pipelines.core.sample_log import SAMPLE_SCHEMA, SampleLog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def _rows(cfg: Config, stage: Stage, sdir: Path, tokenizer) -> pa.Table:
     return table
 
 
-def _card(cfg: Config, stage: Stage, record: dict, rows: int) -> str:
+def _card(cfg: Config, stage: Stage, record: StageRecord, rows: int) -> str:
     provenance = {
         "run": cfg.run.name,
         "stage": stage.index,
@@ -76,7 +76,7 @@ def _card(cfg: Config, stage: Stage, record: dict, rows: int) -> str:
         "tau_pos": cfg.verify.tau_pos,
         "tau_neg": cfg.verify.tau_neg,
         "samples": rows,
-        "construction_counts": record["construction"],
+        "construction_counts": record.construction,
         "code_version": _code_version(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -107,7 +107,7 @@ def _card(cfg: Config, stage: Stage, record: dict, rows: int) -> str:
     return "\n".join(lines)
 
 
-def export_stage(cfg: Config, stage: Stage, sdir: Path, tokenizer, record: dict) -> Path:
+def export_stage(cfg: Config, stage: Stage, sdir: Path, tokenizer, record: StageRecord) -> Path:
     """Write stage k's dataset and card under <run dir>/dataset/stage_<k>; its folder."""
     out = cfg.run_dir / "dataset" / f"stage_{stage.index}"
     with replaced_atomically(out) as tmp:

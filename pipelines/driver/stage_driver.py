@@ -28,7 +28,7 @@ import numpy as np
 from pipelines.core.atomic import write_json_atomic
 from pipelines.core.config import Config, config_to_yaml
 from pipelines.core.errors import StageFailed, StepFailed, UserError, describe, in_step
-from pipelines.core.records import Stage, StageCounts
+from pipelines.core.records import Stage, StageCounts, StageRecord
 from pipelines.driver.export_dataset import export_stage
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def _stage_failure(ctx, cause: BaseException) -> Exception:
     return StageFailed(line)
 
 
-def write_stage_manifest(cfg: Config, stage: Stage, record: dict, started: float) -> dict:
+def write_stage_manifest(cfg: Config, stage: Stage, record: StageRecord, started: float) -> dict:
     """The stage is done once this file exists (resume skips it)."""
     sdir = stage_dir(cfg, stage.index)
     manifest = {
@@ -269,7 +269,7 @@ def write_stage_manifest(cfg: Config, stage: Stage, record: dict, started: float
         "seq_len": stage.seq_len,
         "rope_theta": stage.rope_theta,
         "method": cfg.stages.method,
-        **record,
+        **asdict(record),
         "wall_s": time.time() - started,
         "timeline_s": stage_timeline(sdir, started),
         "train_busy_s": [
@@ -315,14 +315,14 @@ def run_stage(cfg: Config, k: int, policy: Policy, fleet, inputs: RunInputs) -> 
     if cfg.eval.heldout_gap_samples:
         construct_heldout(ctx, inputs.heldout_docs, cfg.eval.heldout_gap_samples)
     busy = fleet.busy_seconds()
-    record = {
-        "policy_version_used": stage.policy_version,
-        "model_dir": spec.out_model_dir if cfg.stages.train else None,
-        "construction": counts.to_dict(),
-        "broadcast": synced,  # pi_k to every scorer and verifier, before the stage's clock
-        "actor_busy_s": {name: busy[name] - busy_before.get(name, 0.0) for name in busy},
-    }
-    record["dataset"] = str(export_stage(cfg, stage, sdir, inputs.tokenizer, record))
+    record = StageRecord(
+        policy_version_used=stage.policy_version,
+        model_dir=spec.out_model_dir if cfg.stages.train else None,
+        construction=counts.to_dict(),
+        broadcast=synced,  # pi_k to every scorer and verifier, before the stage's clock
+        actor_busy_s={name: busy[name] - busy_before.get(name, 0.0) for name in busy},
+    )
+    record.dataset = str(export_stage(cfg, stage, sdir, inputs.tokenizer, record))
     manifest = write_stage_manifest(cfg, stage, record, started)
     if not cfg.stages.train:
         return policy, manifest

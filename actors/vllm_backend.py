@@ -88,8 +88,17 @@ def _quiet_vllm() -> None:
     lacks (Triton, tcmalloc, iomp, CUDA graphs), a dozen lines per actor that say nothing about
     the run, and ~100 INFO lines. Errors still show; VLLM_LOGGING_LEVEL set by the user wins
     (INFO to debug an engine)."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    level = os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"vllm\.")
+    # vLLM configures its loggers only when an engine starts, so what it logs on import (no
+    # Triton CPU backend) goes to Python's last-resort handler in this process and in each
+    # engine process it spawns. Here the logger is quieted; for the spawned ones, the env.
+    logging.getLogger("vllm.triton_utils.importing").setLevel(level)
+    if level == "ERROR":
+        # inherited by the engine processes: torch's deprecation warning raised inside vLLM's
+        # Triton dispatcher, and torch's C++ notice that vLLM bound memory to the NUMA node
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 
 class VLLMBackend:
@@ -134,6 +143,7 @@ class VLLMBackend:
             max_num_batched_tokens=self.max_model_len,  # a whole prompt fits one step
             enable_prefix_caching=False,  # every token's hidden state must be computed
             enforce_eager=self.enforce_eager,
+            use_tqdm_on_load=False,  # a bar per start and per reload; the run has its own
             worker_extension_cls=WORKER_EXTENSION,  # in-place RoPE base updates
             # vLLM's weight-transfer API (idle until a sender initializes it).
             weight_transfer_config={"backend": transfer_engine()},

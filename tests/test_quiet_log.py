@@ -5,6 +5,7 @@ Ray prints the "constructor arguments in the object store" line from C++, once p
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,37 @@ def test_quiet_report_log_quiets_the_logger_ray_train_reports_with():
     # Ray names this logger by its file path: a rename in a Ray upgrade fails here.
     assert context.logger is logging.getLogger(context.__file__)
     assert context.logger.level == logging.WARNING
+
+
+# A vLLM engine start in a fresh process, as a scorer actor starts one (actors/vllm_backend.py).
+VLLM_SCRIPT = """
+import sys
+if __name__ == "__main__":  # vLLM spawns its engine process, which re-imports this file
+    from actors.vllm_backend import VLLMBackend
+    VLLMBackend(sys.argv[1], 0.05, 256)
+    print("STARTED")
+"""
+
+VLLM_NOISE = (
+    "FutureWarning",  # torch's deprecation of reduce_op, hit inside vLLM's Triton dispatcher
+    "NUMA binding",  # torch's C++ notice that vLLM bound the engine's memory
+    "Loading safetensors checkpoint shards",  # vLLM's load bar, at every start and reload
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_vllm_engine_starts_without_library_noise(tiny_world, tmp_path):
+    script = tmp_path / "start_vllm.py"
+    script.write_text(VLLM_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tiny_world.model_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=270,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "STARTED" in proc.stdout, log[-3000:]
+    assert [line[:160] for line in log.splitlines() if any(n in line for n in VLLM_NOISE)] == []

@@ -137,17 +137,22 @@ def copier_state(model, cases: list[CopyCase]) -> dict:
     return state
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def shipped_copier(out_dir: Path) -> dict:
     """The copier trained once by `train_copier` and kept in tests/assets/copier (checksummed),
     copied to out_dir and measured again here: the same stopping rule must hold on this machine.
     Returns the measured state (the fixture asserts on it)."""
-    import hashlib
     import shutil
 
     from transformers import AutoModelForCausalLM
 
     weights = SHIPPED_COPIER / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = _sha256(weights)
     if digest != SHIPPED_COPIER_SHA256:
         raise RuntimeError(
             f"{weights} has sha256 {digest}, not the shipped {SHIPPED_COPIER_SHA256}: "
@@ -207,9 +212,7 @@ def train_copier(out_dir: Path, max_steps: int = 6000, check_every: int = 100) -
 
 
 if __name__ == "__main__":
-    import hashlib
     import json
 
     state = train_copier(SHIPPED_COPIER)
-    weights = SHIPPED_COPIER / "model.safetensors"
-    print(json.dumps({**state, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}))
+    print(json.dumps({**state, "sha256": _sha256(SHIPPED_COPIER / "model.safetensors")}))

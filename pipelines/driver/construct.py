@@ -247,14 +247,12 @@ class BatchAbandoned(Exception):
     """A batch still in flight when its stage ended (budget met or failed): nobody needs it."""
 
 
-def _unless_stopped(ctx: StageContext, abandoned: threading.Event | None) -> None:
-    if ctx.stop.is_set() or (abandoned is not None and abandoned.is_set()):
+def _unless_stopped(ctx: StageContext, abandoned: threading.Event) -> None:
+    if ctx.stop.is_set() or abandoned.is_set():
         raise BatchAbandoned()
 
 
-def process_batch(
-    ctx: StageContext, docs: list[dict], abandoned: threading.Event | None = None
-) -> BatchResult:
+def process_batch(ctx: StageContext, docs: list[dict], abandoned: threading.Event) -> BatchResult:
     """One batch of seed documents through the method's steps, up to (not including) commit."""
     method = ctx.fleet.method
     counts = StageCounts()  # added to the stage's counts only if this batch is committed

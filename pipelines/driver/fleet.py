@@ -40,7 +40,7 @@ class Fleet:
         self.verifiers = ActorGroup("verifier", [])
         self.transports: list = []  # (WeightTransport, actors) pairs
         self.retriever = None  # pipelines.steps.retrieve.Retriever, for methods that retrieve
-        self.filler_shards: list = []  # shard actors of a method that does not retrieve
+        self.filler_shards = ActorGroup("shard", [])  # of a method that does not retrieve
         self.fillers: FillerPool | None = None  # set by start()
         self.index_dir = index_dir
         # Construction batches a stage left in flight (construct.py): close() lets them end
@@ -118,10 +118,8 @@ class Fleet:
         self.verifiers.shutdown()
         if self.retriever is not None:
             self.retriever.close()
-        if self.filler_shards:
-            self.filler_shards.shutdown()
-        self.transports, self.retriever = [], None
-        self.filler_shards, self.fillers = [], None
+        self.filler_shards.shutdown()
+        self.transports, self.retriever, self.fillers = [], None, None
 
     def __enter__(self) -> Fleet:
         return self

@@ -157,7 +157,7 @@ def screen_documents(
     """Screen every document of docs_table (doc_id, text) on a pool of EntropyScorer actors."""
     from ray.util import ActorPool
 
-    if not len(scorers):
+    if not scorers:
         raise ValueError("screen_documents needs at least one EntropyScorer actor")
     docs = tokenize_docs(tokenizer, docs_table, screen.max_doc_tokens)
     size = screen.batch_docs
